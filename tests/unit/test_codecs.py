@@ -1,0 +1,91 @@
+"""Payload codecs: the same shapes in JSON, msgpack and CBOR; clear reasons for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import cbor2
+import pytest
+import umsgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.codecs import SourceFields, decode_payload, parse_payload
+from core.errors import InvalidReading, PayloadError
+from core.reading import TIME_DEVICE, TIME_GATEWAY, Reading
+
+ENCODERS = {"json": lambda v: json.dumps(v).encode(), "msgpack": umsgpack.packb, "cbor": cbor2.dumps}
+TOPIC = SourceFields(device="node-1", metric="temp_c")
+
+
+@pytest.mark.parametrize("fmt", sorted(ENCODERS))
+def test_each_format_is_detected_and_decodes_the_same_readings(fmt: str) -> None:
+    shapes = [
+        {"ts": 1700000000000, "value": 21.5},
+        {"device": "n2", "metric": "rh", "t": 1700000000.25, "v": 40},
+        {"d": "n3", "ts": 5, "values": {"a": True, "b": "open"}},
+        [{"ts": 1, "value": 1}, {"ts": 2, "value": 2}],
+    ]
+    expected = [
+        [Reading("node-1", "temp_c", 1700000000000, 21.5, 7)],
+        [Reading("n2", "rh", 1700000000250, 40, 7)],
+        [Reading("n3", "a", 5, True, 7), Reading("n3", "b", 5, "open", 7)],
+        [Reading("node-1", "temp_c", 1, 1, 7), Reading("node-1", "temp_c", 2, 2, 7)],
+    ]
+    for shape, readings in zip(shapes, expected):
+        payload = ENCODERS[fmt](shape)
+        assert parse_payload(payload)[0] == fmt
+        assert decode_payload(payload, TOPIC, received_ms=7) == readings
+        assert decode_payload(payload, TOPIC, received_ms=7, fmt=fmt) == readings
+
+
+def test_missing_time_uses_gateway_time_and_says_so() -> None:
+    (reading,) = decode_payload(b'{"value": 3}', TOPIC, received_ms=99)
+    assert (reading.ts_ms, reading.time_source) == (99, TIME_GATEWAY)
+    (reading,) = decode_payload(b'{"value": 3, "ts": 5}', TOPIC, received_ms=99)
+    assert reading.time_source == TIME_DEVICE
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "field"),
+    [
+        (b"", "empty", None),
+        (b"{not json", "bad_json", None),
+        (b'{"ts": 1}', "missing_value", "value"),
+        (b'{"ts": "noon", "value": 1}', "bad_time", "ts"),
+        (b'{"t": true, "value": 1}', "bad_time", "t"),
+        (b'{"value": [1, 2]}', "bad_value", "value"),
+        (b'{"value": {"x": 1}}', "bad_value", "value"),
+        (b'{"device": 5, "value": 1}', "bad_device", "device"),
+        (b'{"values": {}}', "bad_shape", "values"),
+        (b"[]", "bad_shape", None),
+        (b"42", "bad_shape", None),
+        (b'[{"value": 1}, {"value": null}]', "bad_value", "value"),
+    ],
+)
+def test_bad_payloads_are_rejected_with_a_reason_naming_the_field(payload: bytes, reason: str, field: str | None) -> None:
+    with pytest.raises((PayloadError, InvalidReading)) as info:
+        decode_payload(payload, TOPIC, received_ms=1)
+    assert (info.value.reason, info.value.field) == (reason, field)
+
+
+def test_device_and_metric_are_required_somewhere() -> None:
+    with pytest.raises(InvalidReading) as info:
+        decode_payload(b'{"value": 1}', SourceFields(), received_ms=1)
+    assert info.value.reason == "missing_device"
+
+
+def test_trailing_bytes_are_not_accepted() -> None:
+    with pytest.raises(PayloadError):
+        decode_payload(umsgpack.packb({"value": 1}) + b"\x00", TOPIC, 1, fmt="msgpack")
+    with pytest.raises(PayloadError):
+        decode_payload(cbor2.dumps({"value": 1}) + b"\x00", TOPIC, 1, fmt="cbor")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_garbage_raises_only_the_documented_errors(payload: bytes) -> None:
+    try:
+        decode_payload(payload, TOPIC, received_ms=1)
+    except (PayloadError, InvalidReading):
+        pass
