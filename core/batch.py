@@ -15,6 +15,7 @@ rebuilds the readings in offset order. Every problem with the bytes raises
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -114,7 +115,8 @@ def _undeltas(deltas: Sequence[int], base: int) -> list[int]:
 def _decimal_scale(values: Sequence[Value]) -> tuple[int, list[int]] | None:
     """Smallest k with every value == n / 10**k exactly, and the n's; else None."""
     # Beyond 2**53 no float carries decimals, and scaling could overflow.
-    if not all(type(v) is float and abs(v) < _MAX_EXACT_INT for v in values):
+    # -0.0 equals 0 / 1 but would come back as +0.0, so it stays plain.
+    if not all(type(v) is float and abs(v) < _MAX_EXACT_INT and math.copysign(1.0, v) > 0 for v in values):
         return None
     for k in range(_MAX_DECIMALS + 1):
         scale = 10**k
