@@ -1,0 +1,17 @@
+"""The one exception base of ``bridge``; library failures are converted at the boundary."""
+
+from __future__ import annotations
+
+__all__ = ["BridgeError", "TransportError", "UpstreamConfigError"]
+
+
+class BridgeError(Exception):
+    """Base class of every error raised by ``bridge``."""
+
+
+class TransportError(BridgeError):
+    """The upstream did not acknowledge a batch; it must be sent again."""
+
+
+class UpstreamConfigError(BridgeError):
+    """An upstream address or setting is not valid."""

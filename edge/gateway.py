@@ -1,0 +1,191 @@
+"""The gateway's writer: received messages in, log appends, acknowledgements out.
+
+How this works (group commit): transports (MQTT, serial) put what they receive
+on a bounded queue and return at once. One writer thread takes messages off
+the queue, asks :func:`core.intake.classify_message` what they are, appends
+the readings (or the dead letter) to the log, and keeps the message's
+acknowledgement pending together with the highest offset it needs. After each
+drain of the queue it lets the log sync under its policy and releases every
+acknowledgement whose records are now durable. So many messages share one
+fsync, and no message is acknowledged before the log holds it.
+
+Backpressure: when the log refuses appends (disk quota with policy ``block``),
+the writer holds the message, retries, and stops taking new ones; the queue
+fills, the transport's thread blocks on ``put``, and the broker stops sending
+(the MQTT in-flight window is full). It resumes by itself when space returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from core.deadletter import DEAD_LETTER_STREAM, encode_dead_letter
+from core.intake import Accepted, Rejected, classify_message
+from core.reading import encode_reading
+from core.topics import Route
+from edge.metrics import Metrics
+
+__all__ = ["Message", "Gateway", "LogSink"]
+
+log = logging.getLogger("tidegate.gateway")
+
+
+class LogSink(Protocol):
+    """What the writer needs of the durable log."""
+
+    def append(self, stream: str, ts_ms: int, payload: bytes, now_ms: int) -> int: ...
+    def maybe_sync(self, now_ms: int) -> bool: ...
+    def durable_offset(self, stream: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message from a transport, with the callback that acknowledges it."""
+
+    source: str
+    topic: str
+    payload: bytes
+    received_ms: int
+    ack: Callable[[], None] = field(compare=False)
+
+
+def _describe(metrics: Metrics) -> None:
+    metrics.describe("tidegate_messages_received_total", "counter", "Messages received from transports")
+    metrics.describe("tidegate_readings_in_total", "counter", "Readings appended to the log, per stream")
+    metrics.describe("tidegate_rejected_total", "counter", "Messages kept as dead letters, per reason")
+    metrics.describe("tidegate_acks_total", "counter", "Messages acknowledged after their records became durable")
+    metrics.describe("tidegate_intake_blocked", "gauge", "1 while the log refuses new readings (quota)")
+
+
+class Gateway:
+    """Owns the writer thread between the transports and the log.
+
+    Args:
+        log: the durable log; must outlive the gateway.
+        routes: topic routes to streams.
+        metrics: where counts go.
+        clock: wall-clock time in seconds (injected for tests).
+        queue_size: bound of the intake queue; at least the MQTT receive maximum.
+    """
+
+    def __init__(
+        self,
+        log_sink: LogSink,
+        routes: tuple[Route, ...],
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        queue_size: int = 4096,
+        retry_s: float = 0.5,
+    ) -> None:
+        self.log = log_sink
+        self.routes = routes
+        self.metrics = metrics
+        self.clock = clock
+        self.retry_s = retry_s
+        self._queue: queue.Queue[Message] = queue.Queue(maxsize=queue_size)
+        self._pending: list[tuple[Message, dict[str, int]]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        _describe(metrics)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def submit(self, message: Message) -> None:
+        """Queue a message; blocks while the queue is full (that is the backpressure)."""
+        self.metrics.inc("tidegate_messages_received_total", labels={"source": message.source})
+        while not self._stop.is_set():
+            try:
+                self._queue.put(message, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tidegate-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write and acknowledge what is queued, then stop the writer."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                message = self._queue.get(timeout=0.01 if self._pending else 0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    self._drain_pending(final=True)
+                    return
+                self._release_durable()
+                continue
+            self._write(message)
+            # Take whatever else is already waiting, so it shares the next sync.
+            for _ in range(self._queue.qsize()):
+                try:
+                    self._write(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._release_durable()
+
+    def _write(self, message: Message) -> None:
+        result = classify_message(self.routes, message.source, message.topic, message.payload, message.received_ms)
+        needs: dict[str, int] = {}
+        if isinstance(result, Accepted):
+            for reading in result.readings:
+                needs[result.stream] = self._append(result.stream, reading.ts_ms, encode_reading(reading))
+            self.metrics.inc("tidegate_readings_in_total", len(result.readings), {"stream": result.stream})
+        else:
+            letter = result.letter
+            needs[DEAD_LETTER_STREAM] = self._append(DEAD_LETTER_STREAM, letter.received_ms, encode_dead_letter(letter))
+            self.metrics.inc("tidegate_rejected_total", labels={"reason": letter.reason})
+            log.info("rejected message on %s: %s", letter.topic, letter.message)
+        self._pending.append((message, needs))
+
+    def _append(self, stream: str, ts_ms: int, payload: bytes) -> int:
+        from core.log import LogFull  # the log's refusal; imported late to keep this module light
+
+        while True:
+            try:
+                offset = self.log.append(stream, ts_ms, payload, self.now_ms())
+            except LogFull as exc:
+                self.metrics.set("tidegate_intake_blocked", 1)
+                log.warning("log refuses new readings, intake paused: %s", exc)
+                self._release_durable()  # what is already written may still be acknowledged
+                if self._stop.wait(self.retry_s):
+                    raise
+                continue
+            self.metrics.set("tidegate_intake_blocked", 0)
+            return offset
+
+    def _release_durable(self) -> None:
+        if not self._pending:
+            return
+        self.log.maybe_sync(self.now_ms())
+        durable: dict[str, int] = {}
+        still_pending = []
+        for message, needs in self._pending:
+            for stream, offset in needs.items():
+                if stream not in durable:
+                    durable[stream] = self.log.durable_offset(stream)
+                if offset >= durable[stream]:
+                    still_pending.append((message, needs))
+                    break
+            else:
+                message.ack()
+                self.metrics.inc("tidegate_acks_total")
+        self._pending = still_pending
+
+    def _drain_pending(self, final: bool) -> None:
+        sync = getattr(self.log, "sync", None)
+        if sync is not None:
+            sync()
+        self._release_durable()
