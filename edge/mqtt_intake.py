@@ -11,6 +11,11 @@ paho runs its network loop in its own thread and reconnects by itself with
 exponential backoff (the one reconnect loop); every connect checks
 ``session_present`` and counts a lost session, because a broker that lost our
 session may have dropped queued readings.
+
+Mosquitto drops QoS 1 messages silently once a client's queue passes
+``max_queued_messages``. It counts them in ``$SYS/broker/publish/messages/dropped``
+(checked on Mosquitto 2.0.11: the counter does include QoS 1 drops), so the
+intake subscribes to it and reports every rise through ``on_broker_dropped``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.errors import BrokerUnavailable
 
-__all__ = ["MqttConfig", "Received", "MqttIntake"]
+__all__ = ["MqttConfig", "Received", "MqttIntake", "BROKER_DROPPED_TOPIC"]
+
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 
 log = logging.getLogger("tidegate.mqtt")
 
@@ -81,6 +88,8 @@ class MqttIntake:
             must not block for long (the gateway queues the message).
         on_event: called with a short event name ("connected",
             "session_lost", "disconnected") for metrics and logs.
+        on_broker_dropped: called with the broker's own count of dropped
+            messages (since the broker started) whenever it changes.
     """
 
     def __init__(
@@ -88,10 +97,13 @@ class MqttIntake:
         config: MqttConfig,
         on_message: Callable[[Received], None],
         on_event: Callable[[str], None] = lambda event: None,
+        on_broker_dropped: Callable[[int], None] = lambda count: None,
     ) -> None:
         self.config = config
         self._on_message = on_message
         self._on_event = on_event
+        self._on_broker_dropped = on_broker_dropped
+        self._broker_dropped: int | None = None
         self._connected_once = False
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -113,6 +125,7 @@ class MqttIntake:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
+        client.message_callback_add(BROKER_DROPPED_TOPIC, self._handle_broker_dropped)
         self._client = client
 
     def start(self) -> None:
@@ -153,12 +166,27 @@ class MqttIntake:
             self._on_event("session_lost")
         self._connected_once = True
         # Subscribing again is harmless with a kept session and necessary without one.
-        client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in self.config.subscriptions])
+        client.subscribe(
+            [(topic, SubscribeOptions(qos=1)) for topic in self.config.subscriptions]
+            + [(BROKER_DROPPED_TOPIC, SubscribeOptions(qos=0))]
+        )
         self._on_event("connected")
 
     def _handle_disconnect(self, client: paho.Client, userdata: object, flags: paho.DisconnectFlags,
                            reason: paho.ReasonCode, properties: Properties | None) -> None:
         self._on_event("disconnected")
+
+    def _handle_broker_dropped(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        try:
+            count = int(message.payload)
+        except ValueError:
+            log.warning("unexpected payload on %s: %r", message.topic, message.payload[:40])
+            return
+        if count != self._broker_dropped:
+            if self._broker_dropped is not None and count > self._broker_dropped:
+                log.error("Mosquitto dropped %d messages (max_queued_messages reached?)", count - self._broker_dropped)
+            self._broker_dropped = count
+            self._on_broker_dropped(count)
 
     def _handle_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         self._on_message(Received(message.topic, bytes(message.payload), message.mid, message.qos, bool(message.dup)))

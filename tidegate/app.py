@@ -92,7 +92,12 @@ class Service:
                 Message("mqtt", received.topic, received.payload, int(self.clock() * 1000), lambda: intake.ack(received))
             )
 
-        intake = MqttIntake(mqtt, on_message, on_event=lambda e: self.metrics.inc("tidegate_mqtt_events_total", labels={"event": e}))
+        intake = MqttIntake(
+            mqtt,
+            on_message,
+            on_event=lambda e: self.metrics.inc("tidegate_mqtt_events_total", labels={"event": e}),
+            on_broker_dropped=lambda n: self.metrics.set("tidegate_broker_dropped", n),
+        )
         self.intake = intake
         intake.start()
         self._spawn(self._forward_loop, "tidegate-bridge")
