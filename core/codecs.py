@@ -1,10 +1,10 @@
-"""Sensor payload codecs: JSON, msgpack and CBOR bytes in, readings out.
+"""Sensor payload codecs: JSON, msgpack, CBOR and SenML bytes in, samples and readings out.
 
 How this works: a payload is first turned into plain values by one of three
 parsers (chosen per topic, or detected from the first byte), then one shared
-interpreter turns those values into :class:`~core.reading.Reading` objects. So
-every format accepts the same shapes and rejects bad input with the same
-reasons.
+interpreter turns those values into :class:`~core.sample.Sample` objects, and
+those into :class:`~core.reading.Reading` objects. So every format accepts the
+same shapes and rejects bad input with the same reasons.
 
 Accepted shapes (a key may be given long or short):
 
@@ -12,16 +12,32 @@ Accepted shapes (a key may be given long or short):
 * several metrics of one device at one time:
   ``{"device": "n1", "ts": 1700000000000, "values": {"temp_c": 21.5, "rh": 40}}``
 * a pack: an array of either of the above.
+* a SenML pack (RFC 8428, core/senml.py): an array of SenML records, detected
+  by its labels, or forced with the formats ``senml`` (JSON) and
+  ``senml-cbor`` (CBOR with integer labels).
 
 ``device`` (``d``) and ``metric`` (``m``) may be left out when the topic
-template supplies them. Time is ``ts`` in integer milliseconds since the Unix
-epoch, or ``t`` in seconds (int or float). With neither, the gateway's receive
-time stands in and the reading is marked :data:`~core.reading.TIME_GATEWAY`.
+template supplies them. Time is one of:
+
+* ``ts``: integer milliseconds since the Unix epoch, by the device's clock;
+* ``t``: seconds since the Unix epoch (int or float);
+* ``uptime_ms`` (``up``): milliseconds since the device booted, for devices
+  without a clock; mapped onto gateway time on receipt (core/devicetime.py).
+  ``sent_up_ms`` (``su``), the uptime when the message was sent, makes that
+  mapping exact for samples sent late (a ring buffer replayed after an outage);
+* none of these: the gateway's receive time stands in, marked
+  :data:`~core.reading.TIME_GATEWAY`.
+
+Deduplication keys (core/dedup.py): ``boot`` (``b``), the device's boot id (an
+integer, or a string of at most 64 bytes), and ``seq`` (``s``), the reading's
+sequence number within that boot (an integer in 0..2**64-1). Both are optional.
+The serial frame payload (docs/serial_format.md) is this shape in msgpack with
+the short keys.
 
 Ambiguity of the first byte: 0x80-0x9f is a msgpack map or array and also a
 CBOR array, 0xa0-0xbf a CBOR map and also a msgpack string. Detection tries
 the likelier format first and the other second; a payload must be consumed
-whole by one parser to count as that format.
+whole by one parser to count as that format, and its values must be readings.
 """
 
 from __future__ import annotations
@@ -36,12 +52,24 @@ import cbor2
 import umsgpack
 
 from core.errors import InvalidReading, PayloadError
-from core.reading import TIME_DEVICE, TIME_GATEWAY, Reading
+from core.reading import Reading
+from core.sample import TIME_KIND_EPOCH, TIME_KIND_NONE, TIME_KIND_UPTIME, Sample, readings_from_samples
+from core.senml import looks_like_senml, samples_from_senml
 
-__all__ = ["FORMATS", "SourceFields", "decode_payload", "parse_payload", "readings_from_value", "detect_format"]
+__all__ = [
+    "FORMATS",
+    "SourceFields",
+    "decode_payload",
+    "decode_samples",
+    "parse_payload",
+    "readings_from_value",
+    "samples_from_value",
+    "detect_format",
+]
 
-FORMATS = ("auto", "json", "msgpack", "cbor")
+FORMATS = ("auto", "json", "msgpack", "cbor", "senml", "senml-cbor")
 MAX_PACK = 10_000
+MAX_BOOT_BYTES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +110,7 @@ def _parse_cbor(payload: bytes) -> object:
 
 
 _PARSERS = {"json": _parse_json, "msgpack": _parse_msgpack, "cbor": _parse_cbor}
+_SENML_FORMATS = {"senml": "json", "senml-cbor": "cbor"}
 
 
 def detect_format(payload: bytes) -> tuple[str, ...]:
@@ -101,7 +130,9 @@ def detect_format(payload: bytes) -> tuple[str, ...]:
 def _candidates(payload: bytes, fmt: str) -> tuple[str, ...]:
     if fmt not in FORMATS:
         raise PayloadError(f"unknown payload format {fmt!r}; allowed: {', '.join(FORMATS)}", reason="bad_format")
-    return detect_format(payload) if fmt == "auto" else (fmt,)
+    if fmt == "auto":
+        return detect_format(payload)
+    return (_SENML_FORMATS.get(fmt, fmt),)
 
 
 def parse_payload(payload: bytes, fmt: str = "auto") -> tuple[str, object]:
@@ -136,54 +167,91 @@ def _name(value: object, fallback: str | None, what: str) -> str:
     return value
 
 
-def _time(obj: Mapping[object, object], received_ms: int) -> tuple[int, int]:
+def _int_field(obj: Mapping[object, object], long: str, short: str, reason: str, limit: int) -> int | None:
+    key = long if long in obj else short if short in obj else None
+    if key is None:
+        return None
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
+        raise InvalidReading(f"{key} must be an integer in 0..{limit - 1}, got {value!r}", reason=reason, field=key)
+    return value
+
+
+def _boot(obj: Mapping[object, object]) -> int | str | None:
+    key = "boot" if "boot" in obj else "b" if "b" in obj else None
+    if key is None:
+        return None
+    boot = obj[key]
+    if isinstance(boot, str):
+        if 0 < len(boot.encode("utf-8", "surrogatepass")) <= MAX_BOOT_BYTES:
+            return boot
+    elif isinstance(boot, int) and not isinstance(boot, bool) and 0 <= boot < 2**64:
+        return boot
+    raise InvalidReading(
+        f"{key} must be an integer in 0..2**64-1 or a string of 1..{MAX_BOOT_BYTES} bytes, got {boot!r}",
+        reason="bad_boot",
+        field=key,
+    )
+
+
+def _time(obj: Mapping[object, object]) -> tuple[int, int, int | None]:
+    """(time_kind, time_ms, sent_up_ms) of one reading object."""
     if "ts" in obj:
         ts = obj["ts"]
         if isinstance(ts, bool) or not isinstance(ts, int):
             raise InvalidReading(f"ts must be integer milliseconds, got {ts!r}", reason="bad_time", field="ts")
-        return ts, TIME_DEVICE
+        return TIME_KIND_EPOCH, ts, None
     if "t" in obj:
         t = obj["t"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or abs(t) > 2**53:
             raise InvalidReading(f"t must be a number of seconds, got {t!r}", reason="bad_time", field="t")
-        return round(t * 1000), TIME_DEVICE
-    return received_ms, TIME_GATEWAY
+        return TIME_KIND_EPOCH, round(t * 1000), None
+    up = _int_field(obj, "uptime_ms", "up", "bad_time", 2**63)
+    if up is not None:
+        sent = _int_field(obj, "sent_up_ms", "su", "bad_time", 2**63)
+        if sent is not None and sent < up:
+            key = "sent_up_ms" if "sent_up_ms" in obj else "su"
+            raise InvalidReading(f"{key} {sent} is before the uptime {up} of the sample", reason="bad_time", field=key)
+        return TIME_KIND_UPTIME, up, sent
+    return TIME_KIND_NONE, 0, None
 
 
-def _readings_from_object(obj: object, source: SourceFields, received_ms: int) -> list[Reading]:
+def _sample_from_object(obj: object, source: SourceFields) -> Sample:
     if not isinstance(obj, dict):
         raise InvalidReading(f"a reading must be a map, got {type(obj).__name__}", reason="bad_shape")
     device = _name(_pick(obj, "device", "d"), source.device, "device")
-    ts_ms, time_source = _time(obj, received_ms)
+    kind, time_ms, sent_up = _time(obj)
+    boot = _boot(obj)
+    seq = _int_field(obj, "seq", "s", "bad_seq", 2**64)
     if "values" in obj:
         values = obj["values"]
         if not isinstance(values, dict) or not values:
             raise InvalidReading("values must be a non-empty map of metric to value", reason="bad_shape", field="values")
-        return [
-            Reading(device, _name(metric, None, "metric"), ts_ms, value, received_ms, time_source)
-            for metric, value in values.items()
-        ]
-    if "value" in obj or "v" in obj:
-        metric = _name(_pick(obj, "metric", "m"), source.metric, "metric")
-        return [Reading(device, metric, ts_ms, _pick(obj, "value", "v"), received_ms, time_source)]  # type: ignore[arg-type]
-    raise InvalidReading("reading has no value (expected 'value', 'v' or 'values')", reason="missing_value", field="value")
+        pairs = [(_name(metric, None, "metric"), value) for metric, value in values.items()]
+    elif "value" in obj or "v" in obj:
+        pairs = [(_name(_pick(obj, "metric", "m"), source.metric, "metric"), _pick(obj, "value", "v"))]
+    else:
+        raise InvalidReading("reading has no value (expected 'value', 'v' or 'values')", reason="missing_value", field="value")
+    return Sample(device, pairs, kind, time_ms, boot, seq, sent_up)
 
 
-def readings_from_value(value: object, source: SourceFields, received_ms: int) -> list[Reading]:
-    """Interpret parsed values as readings (one object, or an array of them).
+def samples_from_value(value: object, source: SourceFields) -> list[Sample]:
+    """Interpret parsed values as samples: one reading object, a pack of them, or a SenML pack.
 
     Raises:
         InvalidReading: the shape or a field is wrong; ``field`` names it.
     """
+    if looks_like_senml(value):
+        return samples_from_senml(value, source.device, source.metric)
     items = value if isinstance(value, list) else [value]
     if not items:
         raise InvalidReading("pack is empty", reason="bad_shape")
     if len(items) > MAX_PACK:
         raise InvalidReading(f"pack of {len(items)} readings exceeds {MAX_PACK}", reason="too_large")
-    out: list[Reading] = []
+    out: list[Sample] = []
     for index, item in enumerate(items):
         try:
-            out.extend(_readings_from_object(item, source, received_ms))
+            out.append(_sample_from_object(item, source))
         except InvalidReading as exc:
             if len(items) > 1:
                 raise InvalidReading(f"pack item {index}: {exc}", reason=exc.reason, field=exc.field) from exc
@@ -191,8 +259,28 @@ def readings_from_value(value: object, source: SourceFields, received_ms: int) -
     return out
 
 
-def decode_payload(payload: bytes, source: SourceFields, received_ms: int, fmt: str = "auto") -> list[Reading]:
-    """Decode a sensor payload into readings; all of them or none.
+def readings_from_value(value: object, source: SourceFields, received_ms: int) -> list[Reading]:
+    """Interpret parsed values as readings (one object, or an array of them).
+
+    Uptimes are mapped without memory of the device (:func:`~core.sample.naive_uptime`).
+
+    Raises:
+        InvalidReading: the shape or a field is wrong; ``field`` names it.
+    """
+    return _readings(samples_from_value(value, source), received_ms)
+
+
+def _readings(samples: list[Sample], received_ms: int) -> list[Reading]:
+    try:
+        return readings_from_samples(samples, received_ms)
+    except InvalidReading as exc:
+        if len(samples) > 1:
+            raise InvalidReading(f"in a pack: {exc}", reason=exc.reason, field=exc.field) from exc
+        raise
+
+
+def decode_samples(payload: bytes, source: SourceFields, fmt: str = "auto") -> list[Sample]:
+    """Decode a sensor payload into samples; all of them or none.
 
     Raises:
         PayloadError: the bytes are not the format.
@@ -201,11 +289,27 @@ def decode_payload(payload: bytes, source: SourceFields, received_ms: int, fmt: 
     # With detection, a format only counts if its values are readings: the
     # first bytes of msgpack and CBOR overlap, and the wrong parser can
     # sometimes consume a payload whole.
+    if fmt in _SENML_FORMATS:
+        value = _PARSERS[_SENML_FORMATS[fmt]](payload)
+        return samples_from_senml(value, source.device, source.metric)
     errors: list[PayloadError | InvalidReading] = []
     for name in _candidates(payload, fmt):
         try:
-            return readings_from_value(_PARSERS[name](payload), source, received_ms)
+            return samples_from_value(_PARSERS[name](payload), source)
         except (PayloadError, InvalidReading) as exc:
             errors.append(exc)
     # A format that parsed but held no readings explains more than one that did not parse.
     raise next((e for e in errors if isinstance(e, InvalidReading)), errors[0])
+
+
+def decode_payload(payload: bytes, source: SourceFields, received_ms: int, fmt: str = "auto") -> list[Reading]:
+    """Decode a sensor payload into readings; all of them or none.
+
+    Uptimes are mapped without memory of the device; the intake
+    (core/intake.py) maps them with core/devicetime.py instead.
+
+    Raises:
+        PayloadError: the bytes are not the format.
+        InvalidReading: the values are not readings.
+    """
+    return _readings(decode_samples(payload, source, fmt), received_ms)

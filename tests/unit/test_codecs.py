@@ -89,3 +89,44 @@ def test_garbage_raises_only_the_documented_errors(payload: bytes) -> None:
         decode_payload(payload, TOPIC, received_ms=1)
     except (PayloadError, InvalidReading):
         pass
+
+
+def test_boot_seq_and_uptime_keys_reach_the_sample_long_or_short() -> None:
+    from core.codecs import decode_samples
+    from core.sample import TIME_KIND_UPTIME
+
+    short = {"d": "n1", "b": 7, "s": 42, "up": 5000, "su": 6000, "values": {"t": 1.5}}
+    long = {"device": "n1", "boot": 7, "seq": 42, "uptime_ms": 5000, "sent_up_ms": 6000, "values": {"t": 1.5}}
+    for shape in (short, long):
+        for encode in ENCODERS.values():
+            (sample,) = decode_samples(encode(shape), SourceFields())
+            assert (sample.device, sample.boot, sample.seq, sample.time_kind, sample.time_ms, sample.sent_up_ms) == (
+                "n1", 7, 42, TIME_KIND_UPTIME, 5000, 6000
+            )
+
+
+def test_uptime_without_device_memory_is_mapped_from_the_sent_uptime() -> None:
+    from core.reading import TIME_MAPPED
+
+    (r,) = decode_payload(b'{"up": 5000, "su": 65000, "value": 1}', TOPIC, received_ms=1_000_000)
+    assert (r.ts_ms, r.time_source) == (1_000_000 - 60_000, TIME_MAPPED)
+    (r,) = decode_payload(b'{"up": 5000, "value": 1}', TOPIC, received_ms=1_000_000)
+    assert (r.ts_ms, r.time_source) == (1_000_000, TIME_MAPPED)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "field"),
+    [
+        (b'{"s": -1, "value": 1}', "bad_seq", "s"),
+        (b'{"seq": 1.5, "value": 1}', "bad_seq", "seq"),
+        (b'{"b": [1], "value": 1}', "bad_boot", "b"),
+        (b'{"boot": "", "value": 1}', "bad_boot", "boot"),
+        (b'{"up": -5, "value": 1}', "bad_time", "up"),
+        (b'{"up": 5, "su": 4, "value": 1}', "bad_time", "su"),
+        (b'{"t": 1e300, "value": 1}', "bad_time", "t"),
+    ],
+)
+def test_bad_dedup_and_uptime_keys_are_rejected_naming_the_key(payload: bytes, reason: str, field: str) -> None:
+    with pytest.raises(InvalidReading) as info:
+        decode_payload(payload, TOPIC, received_ms=1)
+    assert (info.value.reason, info.value.field) == (reason, field)
