@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import pytest
+
+from core.log import Log, LogConfig
+from tests.unit.log.memfs import MemFS
+
+T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z, an hour boundary
+HOUR = 3_600_000
+
+
+@pytest.fixture
+def fs() -> MemFS:
+    return MemFS()
+
+
+@pytest.fixture
+def damage() -> list:
+    return []
+
+
+def open_log(fs: MemFS, config: LogConfig | None = None, damage: list | None = None, **kw) -> Log:
+    return Log(fs, config or LogConfig(), reporter=(damage.append if damage is not None else None), **kw)
