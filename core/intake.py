@@ -16,7 +16,32 @@ from core.errors import InvalidReading, PayloadError
 from core.reading import Reading
 from core.topics import Route, route_topic
 
-__all__ = ["Accepted", "Rejected", "classify_message"]
+__all__ = ["Accepted", "Rejected", "DamagedPayload", "classify_message"]
+
+
+class DamagedPayload(bytes):
+    """Payload bytes that the transport already knows are bad, with the reason.
+
+    The serial intake hands over a frame whose CRC did not match as a
+    ``DamagedPayload``: it travels through the gateway like any payload (it
+    *is* the raw bytes), and the intake turns it into a dead letter with its
+    reason instead of decoding it. So transport errors end in the same
+    dead-letter stream, counted per reason, as payload errors.
+
+    Args:
+        raw: the bytes as received.
+        reason: the short reason token (``bad_crc``, ``too_long``...).
+        detail: a sentence for humans.
+    """
+
+    reason: str
+    detail: str
+
+    def __new__(cls, raw: bytes, reason: str, detail: str) -> DamagedPayload:
+        obj = super().__new__(cls, raw)
+        obj.reason = reason
+        obj.detail = detail
+        return obj
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +59,8 @@ def classify_message(
     routes: tuple[Route, ...], source: str, topic: str, payload: bytes, received_ms: int
 ) -> Accepted | Rejected:
     """Decide what becomes of one received message. Never raises on bad input."""
+    if isinstance(payload, DamagedPayload):
+        return Rejected(DeadLetter(source, topic, received_ms, payload.reason, payload.detail, bytes(payload)))
     routed = route_topic(routes, topic)
     if routed is None:
         return Rejected(DeadLetter(source, topic, received_ms, "no_route", f"no route matches topic {topic!r}", payload))

@@ -62,3 +62,12 @@ def test_bad_message_becomes_a_dead_letter_with_raw_bytes(topic: str, payload: b
 def test_dead_letter_record_round_trips() -> None:
     letter = DeadLetter("serial", "/dev/serial/by-id/x", 5, "bad_crc", "frame CRC mismatch", b"\x00\xff")
     assert decode_dead_letter(encode_dead_letter(letter)) == letter
+
+
+def test_payload_the_transport_marked_damaged_is_a_dead_letter_with_its_reason() -> None:
+    from core.intake import DamagedPayload
+
+    raw = b"\x01\x21\x85\xa1"
+    result = classify_message(ROUTES, "serial", "/dev/serial/by-id/x", DamagedPayload(raw, "bad_crc", "CRC mismatch"), 9)
+    assert result == Rejected(DeadLetter("serial", "/dev/serial/by-id/x", 9, "bad_crc", "CRC mismatch", raw))
+    assert type(result.letter.raw) is bytes  # type: ignore[union-attr]
