@@ -9,6 +9,12 @@ drain of the queue it lets the log sync under its policy and releases every
 acknowledgement whose records are now durable. So many messages share one
 fsync, and no message is acknowledged before the log holds it.
 
+Failure: if the log fails (an fsync error leaves it in its ERROR state, as it
+must: after a failed fsync the page cache cannot be trusted), the writer stops
+and sets :attr:`Gateway.failed`. Nothing unsynced was acknowledged, so the
+broker still holds those messages; the service exits and systemd restarts it,
+and recovery plus redelivery carry on from the last durable record.
+
 Backpressure: when the log refuses appends (disk quota with policy ``block``),
 the writer holds the message, retries, and stops taking new ones; the queue
 fills, the transport's thread blocks on ``put``, and the broker stops sending
@@ -92,6 +98,8 @@ class Gateway:
         self._pending: list[tuple[Message, dict[str, int]]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failed = threading.Event()
+        self.failure: BaseException | None = None
         _describe(metrics)
 
     def now_ms(self) -> int:
@@ -118,6 +126,14 @@ class Gateway:
             self._thread.join()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            self.failure = exc
+            self.failed.set()
+            log.critical("log writer stopped: %s; unacknowledged messages stay with the broker", exc, exc_info=True)
+
+    def _loop(self) -> None:
         while True:
             try:
                 message = self._queue.get(timeout=0.01 if self._pending else 0.1)

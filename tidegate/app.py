@@ -158,6 +158,8 @@ class Service:
         start = time.monotonic()
         try:
             while not self._stop.wait(1.0):
+                if self.gateway.failed.is_set():
+                    raise SystemExit(f"tidegate: log writer failed: {self.gateway.failure}")
                 if status:
                     line = self.summary()
                     sys.stderr.write(f"\r{line}\033[K" if tty else line + "\n")

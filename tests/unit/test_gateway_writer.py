@@ -87,3 +87,18 @@ def test_garbage_is_kept_as_a_dead_letter_and_acknowledged_once_durable() -> Non
     assert metrics.get("tidegate_rejected_total", {"reason": "no_route"}) == 1
     assert metrics.total("tidegate_rejected_total") == 2
     assert "sensors" not in fake.records
+
+
+def test_a_failing_log_stops_the_writer_without_acknowledging() -> None:
+    class BrokenLog(FakeLog):
+        def append(self, stream: str, ts_ms: int, payload: bytes, now_ms: int) -> int:
+            raise OSError(5, "Input/output error")
+
+    acked: list[int] = []
+    gateway = Gateway(BrokenLog(), ROUTES, Metrics(), clock=lambda: 1.0)
+    gateway.start()
+    gateway.submit(Message("mqtt", "sensors/n1/t", b'{"value": 1}', 1000, lambda: acked.append(1)))
+    assert gateway.failed.wait(5)
+    assert isinstance(gateway.failure, OSError)
+    assert acked == []
+    gateway.stop()
