@@ -34,6 +34,7 @@ __all__ = [
     "ENCODING_COLUMNAR_MSGPACK",
     "COMPRESSION_NONE",
     "COMPRESSION_LZ4",
+    "COMPRESSION_AUTO",
     "Entry",
     "BatchHeader",
     "Batch",
@@ -50,6 +51,8 @@ ENCODING_COLUMNAR_MSGPACK = 1
 COMPRESSION_NONE = 0
 COMPRESSION_LZ4 = 1
 _COMPRESSIONS = (COMPRESSION_NONE, COMPRESSION_LZ4)
+# Encoder choice, never on the wire: lz4 when it makes the body smaller, else none.
+COMPRESSION_AUTO = -1
 
 # magic, version, encoding, compression, flags, crc32c, window_start,
 # window_length, first_offset, last_offset, count, body_length
@@ -131,9 +134,17 @@ def _decimal_scale(values: Sequence[Value]) -> tuple[int, list[int]] | None:
     return None
 
 
+def _fits_int64(numbers: Sequence[int]) -> bool:
+    return all(-(2**63) <= n < 2**63 for n in numbers)
+
+
 def _encode_values(values: Sequence[Value]) -> list[object]:
     if all(type(v) is int for v in values):
-        return [_VALUES_INT, *_deltas(values, 0)]  # type: ignore[arg-type]
+        deltas = _deltas(values, 0)  # type: ignore[arg-type]
+        # Values span -2**63 .. 2**64-1, so a delta can outgrow what msgpack carries.
+        if _fits_int64(deltas):
+            return [_VALUES_INT, *deltas]
+        return [_VALUES_PLAIN, *values]
     scaled = _decimal_scale(values)
     if scaled is not None:
         k, ns = scaled
@@ -153,7 +164,7 @@ def encode_batch(
     stream: str,
     window: Window,
     entries: Sequence[Entry],
-    compression: int = COMPRESSION_LZ4,
+    compression: int = COMPRESSION_AUTO,
 ) -> bytes:
     """Encode readings of one stream and one window as a batch.
 
@@ -163,7 +174,9 @@ def encode_batch(
         window: the time window every reading's ``ts_ms`` falls in.
         entries: the readings with their offsets, in strictly increasing
             offset order.
-        compression: ``COMPRESSION_LZ4`` (default) or ``COMPRESSION_NONE``.
+        compression: ``COMPRESSION_AUTO`` (default: lz4 only when it makes
+            the body smaller, which it does not for a handful of readings),
+            ``COMPRESSION_LZ4`` or ``COMPRESSION_NONE``.
 
     Returns:
         The batch bytes.
@@ -173,7 +186,7 @@ def encode_batch(
     """
     if not entries:
         raise LocalError("a batch needs at least one reading")
-    if compression not in _COMPRESSIONS:
+    if compression not in _COMPRESSIONS and compression != COMPRESSION_AUTO:
         raise LocalError(f"unknown compression {compression}")
     gateway_raw = _check_name("gateway id", gateway)
     stream_raw = _check_name("stream", stream)
@@ -204,8 +217,12 @@ def encode_batch(
             ]
         )
     body = umsgpack.packb(body_series)
-    if compression == COMPRESSION_LZ4:
-        body = lz4.frame.compress(body, store_size=True, content_checksum=False)
+    if compression in (COMPRESSION_LZ4, COMPRESSION_AUTO):
+        packed = lz4.frame.compress(body, store_size=True, content_checksum=False)
+        if compression == COMPRESSION_LZ4 or len(packed) < len(body):
+            body, compression = packed, COMPRESSION_LZ4
+        else:
+            compression = COMPRESSION_NONE
     tail = (
         _FIXED.pack(
             MAGIC, VERSION, ENCODING_COLUMNAR_MSGPACK, compression, 0, 0,
@@ -374,14 +391,12 @@ def kafka_key(header: BatchHeader) -> bytes:
 
 
 def kafka_headers(header: BatchHeader) -> list[tuple[str, bytes]]:
-    """Kafka record headers that let a consumer route a batch without decoding it."""
+    """Kafka record headers that let a consumer route a batch without decoding it.
+
+    Two short headers: on a sparse series a batch holds a reading or two, and
+    every header byte is paid once per batch on the uplink.
+    """
     return [
-        ("tg-version", str(VERSION).encode()),
-        ("tg-gateway", header.gateway.encode()),
-        ("tg-stream", header.stream.encode()),
-        ("tg-window", str(header.window.start_ms).encode()),
-        ("tg-window-length", str(header.window.length_ms).encode()),
-        ("tg-first", str(header.first_offset).encode()),
-        ("tg-last", str(header.last_offset).encode()),
-        ("tg-count", str(header.count).encode()),
+        ("tg-window", f"{header.window.start_ms}+{header.window.length_ms}".encode()),
+        ("tg-offsets", f"{header.first_offset}-{header.last_offset}".encode()),
     ]
