@@ -15,44 +15,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from core.batching import BatchPolicy
-from core.log import LogConfig
-from core.topics import Route, TopicTemplate
 from bridge.forwarder import Forwarder
 from bridge.transports import Transport, open_upstream
 from edge.gateway import Gateway, Message
 from edge.logstore import open_log
 from edge.metrics import Metrics
 from edge.mosquitto import Mosquitto
-from edge.mqtt_intake import MqttConfig, MqttIntake, Received
+from edge.mqtt_intake import MqttIntake, Received
+from edge.serial_intake import SerialIntake
 from edge.simulator import Fleet, FleetConfig
+from tidegate.config import DEFAULT_ROUTES, RunConfig
 
 __all__ = ["RunConfig", "Service", "DEFAULT_ROUTES"]
 
 log = logging.getLogger("tidegate")
-
-DEFAULT_ROUTES = (
-    Route(TopicTemplate("sensors/{device}/{metric}"), "sensors"),
-    Route(TopicTemplate("sensors/{device}"), "sensors"),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class RunConfig:
-    data_dir: Path
-    upstream: str
-    gateway_id: str = "gw-1"
-    mqtt: MqttConfig = MqttConfig()
-    routes: tuple[Route, ...] = DEFAULT_ROUTES
-    log: LogConfig = field(default_factory=LogConfig)
-    batch: BatchPolicy = BatchPolicy()
-    start_broker: bool = False
-    simulate_sensors: int = 0
-    simulate_rate: float = 1.0
-
 
 class Service:
     """Everything ``tidegate run`` starts, with an orderly stop."""
@@ -66,12 +43,13 @@ class Service:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.log = open_log(config.data_dir / "log", config.log)
-        self.transport: Transport = open_upstream(config.upstream)
+        self.transport: Transport = open_upstream(config.upstream, config.upstream_settings)
         self.gateway = Gateway(self.log, config.routes, self.metrics, clock=clock)
         self.forwarder = Forwarder(
             self.log, self.transport, config.gateway_id, config.log.window_ms, config.batch, on_sent=self._count_sent
         )
         self.intake: MqttIntake | None = None
+        self.serial_intakes: list[SerialIntake] = []
         self.upstream_ok = True
 
     def _count_sent(self, stream: str, readings: int, size: int) -> None:
@@ -100,6 +78,10 @@ class Service:
         )
         self.intake = intake
         intake.start()
+        for port in self.config.serial:
+            serial_intake = SerialIntake(port, self.gateway.submit, self.metrics, clock=self.clock)
+            serial_intake.start()
+            self.serial_intakes.append(serial_intake)
         self._spawn(self._forward_loop, "tidegate-bridge")
         if self.config.simulate_sensors:
             self.fleet = Fleet(FleetConfig(mqtt.host, mqtt.port, self.config.simulate_sensors, self.config.simulate_rate))
@@ -142,6 +124,8 @@ class Service:
             self.fleet.stop()
         if self.intake is not None:
             self.intake.stop()
+        for serial_intake in self.serial_intakes:
+            serial_intake.stop()
         self.gateway.stop()
         self._stop.set()
         for thread in self._threads:

@@ -8,6 +8,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tidegate.config import RunConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -49,13 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the gateway: ingest from MQTT into the durable log and forward batches upstream.",
         epilog=_EPILOG_RUN, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--data-dir", type=Path, default=Path("tidegate-data"), help="log, cursors and spool (default: ./tidegate-data)")
-    run.add_argument("--mqtt", type=_host_port, default=("127.0.0.1", 1883), help="local broker HOST:PORT (default 127.0.0.1:1883)")
-    run.add_argument("--start-broker", action="store_true", help="start a Mosquitto of ours on the --mqtt port")
+    run.add_argument("--config", type=Path, default=None, metavar="FILE",
+                     help="the TOML configuration (docs/configuration.md); flags below override it")
+    run.add_argument("--check-config", action="store_true",
+                     help="validate the configuration, print it as JSON (secrets hidden) and exit")
+    run.add_argument("--data-dir", type=Path, default=None, help="log, cursors and spool (default: ./tidegate-data)")
+    run.add_argument("--mqtt", type=_host_port, default=None, help="local broker HOST:PORT (default 127.0.0.1:1883)")
+    run.add_argument("--start-broker", action="store_true", default=None, help="start a Mosquitto of ours on the --mqtt port")
     run.add_argument("--upstream", default=None, help="spool:DIR or kafka://HOST:PORT[/TOPIC] (default: spool:<data-dir>/spool)")
-    run.add_argument("--gateway-id", default="gw-1", help="this gateway's id, part of every reading's id")
-    run.add_argument("--sync", choices=("always", "interval", "never"), default="interval", help="log sync policy")
-    run.add_argument("--window", type=int, default=3600, metavar="SECONDS", help="time window length (60..86400)")
+    run.add_argument("--gateway-id", default=None, help="this gateway's id, part of every reading's id (default gw-1)")
+    run.add_argument("--sync", choices=("always", "interval", "never"), default=None, help="log sync policy (default interval)")
+    run.add_argument("--window", type=int, default=None, metavar="SECONDS", help="time window length (60..86400, default 3600)")
+    run.add_argument("--http", type=_host_port, default=None, metavar="HOST:PORT",
+                     help="serve /metrics, /healthz and the status page here (default 0.0.0.0:9880)")
+    run.add_argument("--no-http", action="store_true", help="no HTTP endpoint")
+    run.add_argument("--log-format", choices=("text", "json"), default=None, help="log lines as text or JSON (default text)")
     run.add_argument("--simulate", type=int, default=0, metavar="N", help="also run N virtual sensors publishing to the broker")
     run.add_argument("--simulate-rate", type=float, default=1.0, metavar="HZ", help="samples per second per virtual sensor")
     run.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
@@ -82,34 +94,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The configuration file (or the defaults) with the command line's flags applied.
+
+    Raises:
+        ConfigError: the file or a flag's value is not valid.
+    """
     from dataclasses import replace
 
-    from core.log import LogConfig
-    from edge.mqtt_intake import MqttConfig
-    from tidegate.app import RunConfig, Service
+    from tidegate.config import ConfigError, HttpConfig, LoggingConfig, load_config
 
-    data_dir: Path = args.data_dir
-    host, port = args.mqtt
-    config = RunConfig(
-        data_dir=data_dir,
-        upstream=args.upstream or f"spool:{data_dir / 'spool'}",
-        gateway_id=args.gateway_id,
-        mqtt=MqttConfig(host=host, port=port),
-        log=replace(LogConfig(), sync_policy=args.sync, window_ms=args.window * 1000),
-        start_broker=args.start_broker,
-        simulate_sensors=args.simulate,
-        simulate_rate=args.simulate_rate,
-    )
+    config = load_config(args.config)
+    changes: dict[str, object] = {}
+    try:
+        if args.data_dir is not None:
+            changes["data_dir"] = args.data_dir
+            if args.upstream is None and config.upstream == f"spool:{config.data_dir / 'spool'}":
+                changes["upstream"] = f"spool:{args.data_dir / 'spool'}"
+        if args.upstream is not None:
+            changes["upstream"] = args.upstream
+        if args.gateway_id is not None:
+            changes["gateway_id"] = args.gateway_id
+        if args.start_broker:
+            changes["start_broker"] = True
+        if args.mqtt is not None:
+            changes["mqtt"] = replace(config.mqtt, host=args.mqtt[0], port=args.mqtt[1])
+        log_changes: dict[str, object] = {}
+        if args.sync is not None:
+            log_changes["sync_policy"] = args.sync
+        if args.window is not None:
+            log_changes["window_ms"] = args.window * 1000
+        if log_changes:
+            changes["log"] = replace(config.log, **log_changes)
+        if args.no_http:
+            changes["http"] = None
+        elif args.http is not None:
+            changes["http"] = HttpConfig(host=args.http[0], port=args.http[1])
+        if args.log_format is not None:
+            changes["logging"] = LoggingConfig(level=config.logging.level, format=args.log_format)
+        if args.verbose:
+            changes["logging"] = replace(changes.get("logging", config.logging), level="debug")  # type: ignore[arg-type]
+        changes["simulate_sensors"] = args.simulate
+        changes["simulate_rate"] = args.simulate_rate
+        return replace(config, **changes)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a value object's own check (ValueError, InvalidLogConfig, ...)
+        raise ConfigError("command line", [str(exc)]) from exc
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tidegate.app import Service
+    from tidegate.config import describe
+
+    config = run_config_from_args(args)
+    if args.check_config:
+        print(json.dumps(describe(config), indent=2, default=str))
+        return 0
     service = Service(config)
     service.start()
+    host, port = config.mqtt.host, config.mqtt.port
     print(
-        f"tidegate: gateway {config.gateway_id}, MQTT {host}:{port}, upstream {config.upstream}, data {data_dir}"
+        f"tidegate: gateway {config.gateway_id}, MQTT {host}:{port}, upstream {config.upstream}, data {config.data_dir}"
         + (f", {args.simulate} simulated sensors" if args.simulate else ""),
         file=sys.stderr,
     )
     service.run_forever(duration_s=args.duration, status=not args.quiet)
     return 0
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def _batch_files(paths: Sequence[Path]) -> list[Path]:
@@ -167,11 +222,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from tidegate.config import ConfigError
+
     handler = {"run": _cmd_run, "decode": _cmd_decode, "simulate": _cmd_simulate}[args.command]
     try:
         return handler(args)
     except BrokenPipeError:
         return 0
+    except ConfigError as exc:
+        print(f"tidegate: configuration error in {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
