@@ -550,6 +550,9 @@ class Log:
             self._seal_segment(st, victim)
         win = st.windows.get((start, length))
         if win is None:
+            if not st.windows and not fs.exists(st.path):  # known only from meta/state
+                fs.mkdir(st.path)
+                self._dirty_dirs.add(fmt.STREAMS_DIR)
             win = _Window(start, length, f"{st.path}/{fmt.window_dir_name(start, length)}")
             if not fs.exists(win.path):
                 fs.mkdir(win.path)
@@ -597,7 +600,8 @@ class Log:
     def _sync_dirs(self) -> None:
         if self._fsync:
             for path in sorted(self._dirty_dirs):
-                self._fs.sync_dir(path)
+                if path == "" or self._fs.exists(path):  # a window removed since is gone, not dirty
+                    self._fs.sync_dir(path)
         self._dirty_dirs.clear()
 
     def sync(self) -> None:
@@ -757,22 +761,40 @@ class Log:
             self._seen_damage.add(key)
             self._report(damage)
 
-    def _batches(self, seg: Segment, position: int) -> Iterator[tuple[fmt.BatchHeader, tuple]]:
-        """Yield the decodable batches of ``seg`` from ``position`` up to its durable size."""
+    def _batches(self, seg: Segment, where: tuple[int, int]) -> Iterator[tuple[fmt.BatchHeader, tuple]]:
+        """Yield the decodable batches of ``seg`` from an index position up to its durable size.
+
+        ``where`` is (position, first offset of the batch there) from the index;
+        if no batch with that offset starts there, the index is wrong, and the
+        segment is read from its start instead (reported once as ``stale_index``).
+        """
         fs = self._fs
         path = seg.log_path
+        position, expected = where
 
         def read(pos: int, size: int) -> bytes:
             return fs.read(path, pos, size)
 
-        scanner = FrameScanner(read, path, position, seg.durable_size, self._damage_once)
         try:
+            if position > 0:
+                head = read(position, fmt.FRAME_HEADER_SIZE + fmt.BATCH_HEADER_SIZE)
+                if (len(head) < fmt.FRAME_HEADER_SIZE + fmt.BATCH_HEADER_SIZE or head[:4] != fmt.FRAME_MAGIC
+                        or head[12] != fmt.TYPE_BATCH
+                        or fmt.BATCH_HEADER.unpack_from(head, fmt.FRAME_HEADER_SIZE)[0] != expected):
+                    self._damage_once(Damage(path, position, 0, "stale_index", action="ignored"))
+                    position = 0
+            scanner = FrameScanner(read, path, position, seg.durable_size, self._damage_once)
+            last = -1
             for pos, frame_type, body in scanner:
                 decoded = fmt.decode_batch(body) if frame_type == fmt.TYPE_BATCH else None
                 if decoded is None:
                     reason = "bad_batch" if frame_type == fmt.TYPE_BATCH else "unknown_type"
                     self._damage_once(Damage(path, pos, fmt.FRAME_HEADER_SIZE + len(body), reason))
                     continue
+                if decoded[0].base_offset <= last or decoded[0].base_offset < seg.base:
+                    self._damage_once(Damage(path, pos, fmt.FRAME_HEADER_SIZE + len(body), "offset_order"))
+                    continue
+                last = decoded[0].last_offset
                 yield decoded[0], decoded
         except FileNotFoundError:
             if seg.deleted:

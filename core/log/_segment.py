@@ -98,16 +98,19 @@ class Segment:
         self.last_offset = header.last_offset
         self.record_count += header.count
 
-    def position_for(self, offset: int) -> int:
-        """Position of the last indexed batch starting at or below ``offset`` (0 if none)."""
-        i = bisect_right(self.idx_rel, offset - self.base) - 1
-        return self.idx_pos[i] if i >= 0 else 0
+    def position_for(self, offset: int) -> tuple[int, int]:
+        """Return (position, first offset) of the last indexed batch starting at or below ``offset``.
 
-    def position_for_time(self, ts_ms: int) -> int:
-        """Position from which every record with ``ts >= ts_ms`` lies (see docs, ".timeindex")."""
+        (0, -1) when no entry is at or below it: read from the start.
+        """
+        i = bisect_right(self.idx_rel, offset - self.base) - 1
+        return (self.idx_pos[i], self.base + self.idx_rel[i]) if i >= 0 else (0, -1)
+
+    def position_for_time(self, ts_ms: int) -> tuple[int, int]:
+        """Like :meth:`position_for`, for the first record with ``ts >= ts_ms`` (see docs, ".timeindex")."""
         i = bisect_right(self.time_ts, ts_ms - 1) - 1  # last entry with max_ts_before < ts_ms
         if i < 0:
-            return 0
+            return (0, -1)
         return self.position_for(self.base + self.time_rel[i])
 
     def index_files(self) -> tuple[bytes, bytes]:
@@ -116,8 +119,8 @@ class Segment:
             self.size, self.last_offset, self.record_count, self.min_ts, self.max_ts,
             self.damaged_bytes, len(self.idx_rel), len(self.time_ts),
         )
-        index = fmt.encode_index(header, list(zip(self.idx_rel, self.idx_pos)))
         timeindex = fmt.encode_timeindex(list(zip(self.time_ts, self.time_rel)))
+        index = fmt.encode_index(header, list(zip(self.idx_rel, self.idx_pos)), timeindex)
         return index, timeindex
 
     @classmethod
@@ -129,12 +132,12 @@ class Segment:
             header = fmt.decode_index_header(index)
             if header is None or header.log_size != log_size or header.record_count < 1:
                 return None
-            if len(index) != fmt.INDEX_HEADER_SIZE + header.offset_entries * fmt.INDEX_ENTRY_SIZE:
-                return None
             tsize = fs.size(path + fmt.TIMEINDEX_SUFFIX)
             if tsize != header.time_entries * fmt.TIME_ENTRY_SIZE or header.offset_entries < 1:
                 return None
             timeindex = fs.read(path + fmt.TIMEINDEX_SUFFIX, 0, tsize)
+            if not fmt.index_crc_ok(index, timeindex):
+                return None
         except FileNotFoundError:
             return None
         seg = cls(stream, path, base, window)

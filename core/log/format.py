@@ -62,9 +62,11 @@ MAX_TS = 2**63 - 1
 
 INDEX_MAGIC = b"TGIX"
 INDEX_VERSION = 1
-#: magic, version, log_size, last_offset, record_count, min_ts, max_ts, damaged_bytes, offset_entries, time_entries
-INDEX_HEADER = struct.Struct("<4sB3xQqQqqQII")
-INDEX_HEADER_SIZE = INDEX_HEADER.size  # 64
+#: magic, version, log_size, last_offset, record_count, min_ts, max_ts, damaged_bytes, offset_entries,
+#: time_entries, crc (masked crc32c of the header's first 64 bytes, the entries and the .timeindex)
+INDEX_HEADER = struct.Struct("<4sB3xQqQqqQIII4x")
+INDEX_HEADER_SIZE = INDEX_HEADER.size  # 72
+_INDEX_CRC_AT = 64
 INDEX_ENTRY = struct.Struct("<II")  # rel_offset, position
 INDEX_ENTRY_SIZE = INDEX_ENTRY.size
 TIME_ENTRY = struct.Struct("<qI")  # max_ts_before, rel_offset
@@ -223,11 +225,17 @@ class IndexHeader(NamedTuple):
     time_entries: int
 
 
-def encode_index(header: IndexHeader, offset_entries: list[tuple[int, int]]) -> bytes:
-    """Return a ``.index`` file: seal header then (rel_offset, position) entries."""
-    parts = [INDEX_HEADER.pack(INDEX_MAGIC, INDEX_VERSION, *header)]
-    parts.extend(INDEX_ENTRY.pack(rel, pos) for rel, pos in offset_entries)
-    return b"".join(parts)
+def encode_index(header: IndexHeader, offset_entries: list[tuple[int, int]], timeindex: bytes) -> bytes:
+    """Return a ``.index`` file: seal header then (rel_offset, position) entries.
+
+    The header's CRC covers its first 64 bytes, the entries and ``timeindex``
+    (the ``.timeindex`` file's bytes), so a flipped bit in either index file
+    makes the pair be rebuilt instead of trusted.
+    """
+    head = INDEX_HEADER.pack(INDEX_MAGIC, INDEX_VERSION, *header, 0)[:_INDEX_CRC_AT]
+    entries = b"".join(INDEX_ENTRY.pack(rel, pos) for rel, pos in offset_entries)
+    crc = google_crc32c.extend(google_crc32c.extend(google_crc32c.value(head), entries), timeindex)
+    return head + struct.pack("<I4x", mask_crc(crc)) + entries
 
 
 def encode_timeindex(time_entries: list[tuple[int, int]]) -> bytes:
@@ -236,13 +244,25 @@ def encode_timeindex(time_entries: list[tuple[int, int]]) -> bytes:
 
 
 def decode_index_header(data: bytes) -> IndexHeader | None:
-    """Return the seal header of a ``.index`` file, or None if it is not one."""
+    """Return the seal header of a ``.index`` file, or None if it is not one (magic, version, size)."""
     if len(data) < INDEX_HEADER_SIZE:
         return None
-    magic, version, *fields = INDEX_HEADER.unpack_from(data, 0)
+    magic, version, *fields, _crc = INDEX_HEADER.unpack_from(data, 0)
     if magic != INDEX_MAGIC or version != INDEX_VERSION:
         return None
-    return IndexHeader(*fields)
+    header = IndexHeader(*fields)
+    if len(data) != INDEX_HEADER_SIZE + header.offset_entries * INDEX_ENTRY_SIZE:
+        return None
+    return header
+
+
+def index_crc_ok(index: bytes, timeindex: bytes) -> bool:
+    """True if the ``.index`` header's CRC matches the index entries and the ``.timeindex`` bytes."""
+    (masked,) = struct.unpack_from("<I", index, _INDEX_CRC_AT)
+    crc = google_crc32c.extend(
+        google_crc32c.extend(google_crc32c.value(index[:_INDEX_CRC_AT]), index[INDEX_HEADER_SIZE:]), timeindex
+    )
+    return unmask_crc(masked) == crc
 
 
 def decode_index_entries(data: bytes, count: int) -> list[tuple[int, int]]:
@@ -253,7 +273,7 @@ def decode_time_entries(data: bytes, count: int) -> list[tuple[int, int]]:
     return list(TIME_ENTRY.iter_unpack(data[:count * TIME_ENTRY_SIZE]))
 
 
-__all__ += ["encode_timeindex", "decode_index_entries", "decode_time_entries"]
+__all__ += ["encode_timeindex", "decode_index_entries", "decode_time_entries", "index_crc_ok"]
 
 # --- cursors and state -----------------------------------------------------------------
 

@@ -21,6 +21,13 @@ import errno
 import random
 
 
+class CrashNow(BaseException):
+    """Raised by a MemFS at its ``crash_at`` operation: the power goes off here.
+
+    A BaseException, so that the code under test cannot take it for an OSError.
+    """
+
+
 class Inode:
     __slots__ = ("data", "durable")
 
@@ -93,9 +100,27 @@ class MemFS:
         self.root = Dir()
         self.capacity: int | None = None
         self._faults: dict[str, list[tuple[int, int]]] = {}
+        self.crash_at: int | None = None  # raise CrashNow at this mutating operation (1-based)
+        self.mutations = 0
         self.calls: dict[str, int] = {}
         self.bytes_written = 0
         self.syncs = 0
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> MemFS:
+        """A file system holding exactly ``files`` (path -> bytes), all durable."""
+        fs = cls()
+        for path, data in sorted(files.items()):
+            parts = path.split("/")
+            d = fs.root
+            for part in parts[:-1]:
+                child = d.entries.get(part)
+                if child is None:
+                    child = d.entries[part] = Dir()
+                    d.durable[part] = child
+                d = child  # type: ignore[assignment]
+            d.entries[parts[-1]] = d.durable[parts[-1]] = Inode(data)
+        return fs
 
     # --- faults -------------------------------------------------------------------
     def fail(self, op: str, nth: int = 1, code: int = errno.EIO) -> None:
@@ -107,6 +132,10 @@ class MemFS:
         self._faults.clear()
 
     def _fault(self, op: str) -> None:
+        if op != "read":
+            self.mutations += 1
+            if self.crash_at is not None and self.mutations >= self.crash_at:
+                raise CrashNow(f"crash at {op} (operation {self.mutations})")
         n = self.calls[op] = self.calls.get(op, 0) + 1
         for at, code in self._faults.get(op, []):
             if at == n:
@@ -193,6 +222,7 @@ class MemFS:
             self._change(d, ("set", name, Dir()))
 
     def rmdir(self, path: str) -> None:
+        self._fault("rmdir")
         d, name = self._split(path)
         node = d.entries.get(name)
         if not isinstance(node, Dir):
