@@ -1,0 +1,108 @@
+"""Run firmware test cases on CPython (in this process) and on the MicroPython VM.
+
+A *case module* (tests/firmware/cases/*_cases.py) holds functions named
+``case_*`` that take no arguments, use only the firmware and the fakes in
+tests/firmware/shims, and return plain data. The same module runs:
+
+* on CPython, imported here, where tests also make detailed assertions on
+  what each case returns;
+* on MicroPython, in one fresh VM per case module, whose results must equal
+  the CPython ones after :func:`vmcanon.canon` (floats compared bit for bit).
+
+The VM's file system is laid out as on a board: the package in
+/lib/tidegate_node, ``umsgpack.py`` and ``serial_frame.py`` in /lib, plus the
+shims and the case modules in /lib.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from tests.fixtures.micropython import MicroPython
+from tests.fixtures.micropython import umsgpack_dir
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+FIRMWARE_DIR = REPO / "firmware"
+SHIMS_DIR = HERE / "shims"
+CASES_DIR = HERE / "cases"
+
+for _path in (str(FIRMWARE_DIR), str(SHIMS_DIR), str(CASES_DIR)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import vmcanon  # noqa: E402  (from CASES_DIR)
+
+
+def stage_device(root: Path) -> Path:
+    """Lay out a board's file system under ``root``, with the shims and cases in /lib."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    (root / "lib").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(FIRMWARE_DIR / "tidegate_node", root / "lib" / "tidegate_node", ignore=ignore)
+    shutil.copyfile(umsgpack_dir() / "__init__.py", root / "lib" / "umsgpack.py")
+    shutil.copyfile(REPO / "core" / "serial_frame.py", root / "lib" / "serial_frame.py")
+    shutil.copytree(SHIMS_DIR, root / "lib", dirs_exist_ok=True, ignore=ignore)
+    shutil.copytree(CASES_DIR, root / "lib", dirs_exist_ok=True, ignore=ignore)
+    return root
+
+
+def load_cases(name: str) -> ModuleType:
+    """Import a case module on CPython."""
+    return importlib.import_module(name)
+
+
+def case_names(module: ModuleType) -> list[str]:
+    return sorted(n for n in dir(module) if n.startswith("case_"))
+
+
+_RUNNER = """\
+import sys, io, json
+import vmcanon
+import {module} as cases
+out = {{}}
+for name in {names!r}:
+    try:
+        out[name] = vmcanon.canon(getattr(cases, name)())
+    except Exception as exc:
+        buf = io.StringIO()
+        sys.print_exception(exc, buf)
+        out[name] = {{"raised": buf.getvalue()}}
+print("RESULTS " + json.dumps(out))
+"""
+
+
+def run_on_micropython(vm: MicroPython, device_root: Path, module: ModuleType) -> dict[str, Any]:
+    """Run every case of ``module`` in one fresh MicroPython VM; name -> canonical result."""
+    names = case_names(module)
+    result = vm.run(_RUNNER.format(module=module.__name__, names=names), paths=[(device_root, "/")], timeout=120)
+    if result.returncode != 0:
+        raise AssertionError(f"case runner failed on MicroPython:\n{result.stderr}\n{result.stdout}")
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULTS "))
+    return json.loads(line[len("RESULTS "):])
+
+
+class Cases:
+    """One case module, run on both VMs; :meth:`check` returns the CPython result."""
+
+    def __init__(self, module: ModuleType, micropython_results: dict[str, Any]) -> None:
+        self.module = module
+        self.micropython_results = micropython_results
+
+    def check(self, name: str) -> Any:
+        """Run case ``name`` on CPython, and assert MicroPython returned the same."""
+        try:
+            ours = getattr(self.module, name)()
+        except Exception:
+            raise AssertionError(f"{name} raised on CPython:\n{traceback.format_exc()}") from None
+        theirs = self.micropython_results[name]
+        if isinstance(theirs, dict) and "raised" in theirs:
+            raise AssertionError(f"{name} raised on MicroPython:\n{theirs['raised']}")
+        assert json.loads(json.dumps(vmcanon.canon(ours))) == theirs, f"{name}: MicroPython and CPython differ"
+        return ours
