@@ -1,22 +1,39 @@
-"""Intake: one received message in, readings to append or a dead letter out.
+"""Intake: one received message in, readings to append, a duplicate, or a dead letter out.
 
-The pure step between a transport (MQTT, serial) and the log: route the topic
-to a stream, decode the payload, and turn any failure into a
-:class:`~core.deadletter.DeadLetter` with its reason. The shell appends what
-comes out and acknowledges the message once the log holds it durably.
+The pure step between a transport (MQTT, serial) and the log (docs/ingest.md):
+
+1. a payload the transport already marked bad (:class:`DamagedPayload`)
+   is a dead letter with the transport's reason;
+2. the topic (or serial port path) is routed to a stream, else ``no_route``;
+3. the payload is decoded into samples (core/codecs.py, core/senml.py);
+4. each sample's time is put on the gateway's clock (core/devicetime.py) and
+   its readings are built and validated; one bad value rejects the message;
+5. samples already seen, by (device, boot, seq), are dropped (core/dedup.py).
+
+Any failure becomes a :class:`~core.deadletter.DeadLetter` holding the raw
+bytes, the topic, the receive time and the reason. The shell appends what
+comes out and acknowledges the message once the log holds it durably. Nothing
+here raises on bad input.
+
+:class:`Intake` holds the state (dedup windows, uptime estimates, the
+gateway clock's state); :func:`classify_message` is the stateless form, with
+neither deduplication nor memory of devices.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.codecs import SourceFields, decode_payload
+from core.codecs import SourceFields, decode_payload, decode_samples
 from core.deadletter import DeadLetter
+from core.dedup import DUPLICATE, Dedup
+from core.devicetime import ClockChange, DeviceClock
 from core.errors import InvalidReading, PayloadError
-from core.reading import Reading
+from core.reading import TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Reading
+from core.sample import TIME_KIND_EPOCH, TIME_KIND_RELATIVE, TIME_KIND_UPTIME, Sample
 from core.topics import Route, route_topic
 
-__all__ = ["Accepted", "Rejected", "DamagedPayload", "classify_message"]
+__all__ = ["Accepted", "Rejected", "Duplicate", "DamagedPayload", "Intake", "classify_message"]
 
 
 class DamagedPayload(bytes):
@@ -46,8 +63,18 @@ class DamagedPayload(bytes):
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
+    """Readings to append to ``stream``.
+
+    Attributes:
+        duplicates: samples of the message dropped as already seen.
+        unsynced: readings whose time came from the gateway's clock while it
+            was not synchronised (docs/ingest.md, "Device time").
+    """
+
     stream: str
     readings: tuple[Reading, ...]
+    duplicates: int = 0
+    unsynced: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,19 +82,118 @@ class Rejected:
     letter: DeadLetter
 
 
-def classify_message(
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """Every sample of the message was seen before; nothing to append.
+
+    The shell still acknowledges the message, but only once everything
+    appended before it is durable: the first copy may not be yet.
+    """
+
+    stream: str
+    samples: int
+
+
+def _routed(
     routes: tuple[Route, ...], source: str, topic: str, payload: bytes, received_ms: int
-) -> Accepted | Rejected:
-    """Decide what becomes of one received message. Never raises on bad input."""
+) -> Rejected | tuple[Route, SourceFields]:
     if isinstance(payload, DamagedPayload):
         return Rejected(DeadLetter(source, topic, received_ms, payload.reason, payload.detail, bytes(payload)))
     routed = route_topic(routes, topic)
     if routed is None:
         return Rejected(DeadLetter(source, topic, received_ms, "no_route", f"no route matches topic {topic!r}", payload))
     route, captured = routed
-    fields = SourceFields(device=captured.get("device"), metric=captured.get("metric"))
+    return route, SourceFields(device=captured.get("device"), metric=captured.get("metric"))
+
+
+def classify_message(
+    routes: tuple[Route, ...], source: str, topic: str, payload: bytes, received_ms: int
+) -> Accepted | Rejected:
+    """Decide what becomes of one received message, without any state. Never raises on bad input."""
+    routed = _routed(routes, source, topic, payload, received_ms)
+    if isinstance(routed, Rejected):
+        return routed
+    route, fields = routed
     try:
         readings = decode_payload(payload, fields, received_ms, route.payload_format)
     except (PayloadError, InvalidReading) as exc:
         return Rejected(DeadLetter(source, topic, received_ms, exc.reason, str(exc), payload))
     return Accepted(route.stream, tuple(readings))
+
+
+class Intake:
+    """The gateway's intake decision, with deduplication and device time.
+
+    Args:
+        routes: topic routes to streams.
+        dedup: the dedup windows (a default :class:`~core.dedup.Dedup` if None).
+        clock: the device-time mapper (a default :class:`~core.devicetime.DeviceClock` if None).
+
+    Owns ``dedup`` and ``clock``. Not thread-safe: the gateway's writer thread
+    is its one caller, for :meth:`classify` and :meth:`observe_clock` alike.
+    """
+
+    def __init__(self, routes: tuple[Route, ...], dedup: Dedup | None = None, clock: DeviceClock | None = None) -> None:
+        self.routes = routes
+        self.dedup = dedup if dedup is not None else Dedup()
+        self.clock = clock if clock is not None else DeviceClock()
+        self._clock_observed = False
+
+    def observe_clock(self, wall_ms: int, mono_ms: int, synced: bool) -> ClockChange:
+        """Pass the gateway's clocks in; see :meth:`core.devicetime.DeviceClock.observe`."""
+        self._clock_observed = True
+        return self.clock.observe(wall_ms, mono_ms, synced)
+
+    def classify(self, source: str, topic: str, payload: bytes, received_ms: int) -> Accepted | Rejected | Duplicate:
+        """Decide what becomes of one received message. Never raises on bad input.
+
+        Updates the dedup windows (only for samples of an accepted message) and
+        the uptime estimates.
+        """
+        routed = _routed(self.routes, source, topic, payload, received_ms)
+        if isinstance(routed, Rejected):
+            return routed
+        route, fields = routed
+        try:
+            samples = decode_samples(payload, fields, route.payload_format)
+        except (PayloadError, InvalidReading) as exc:
+            return Rejected(DeadLetter(source, topic, received_ms, exc.reason, str(exc), payload))
+        built: list[list[Reading]] = []
+        for index, sample in enumerate(samples):
+            try:
+                built.append(self._build(sample, received_ms))
+            except InvalidReading as exc:
+                message = f"pack item {index}: {exc}" if len(samples) > 1 else str(exc)
+                return Rejected(DeadLetter(source, topic, received_ms, exc.reason, message, payload))
+        readings: list[Reading] = []
+        duplicates = 0
+        dedup = self.dedup
+        for sample, sample_readings in zip(samples, built):
+            if sample.seq is not None:
+                fingerprint = hash((sample.time_kind, sample.time_ms, tuple(sample.values))) if sample.boot is None else 0
+                if dedup.check(sample.device, sample.boot, sample.seq, fingerprint) == DUPLICATE:
+                    duplicates += 1
+                    continue
+            readings.extend(sample_readings)
+        if not readings:
+            return Duplicate(route.stream, duplicates)
+        unsynced = 0
+        if self._clock_observed and not self.clock.synced:
+            unsynced = sum(1 for r in readings if r.time_source != TIME_DEVICE)
+            self.clock.unsynced_readings += unsynced
+        return Accepted(route.stream, tuple(readings), duplicates, unsynced)
+
+    def _build(self, sample: Sample, received_ms: int) -> list[Reading]:
+        kind = sample.time_kind
+        if kind == TIME_KIND_EPOCH:
+            ts, source = sample.time_ms, TIME_DEVICE
+        elif kind == TIME_KIND_UPTIME:
+            ts = self.clock.map_uptime(sample.device, sample.boot, sample.time_ms, sample.sent_up_ms, received_ms)
+            source = TIME_MAPPED
+        elif kind == TIME_KIND_RELATIVE:
+            ts, source = received_ms + sample.time_ms, TIME_MAPPED
+        else:
+            ts, source = received_ms, TIME_GATEWAY
+        device = sample.device
+        return [Reading(device, metric, ts, value, received_ms, source) for metric, value in sample.values]  # type: ignore[arg-type]
+

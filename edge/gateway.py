@@ -2,7 +2,7 @@
 
 How this works (group commit): transports (MQTT, serial) put what they receive
 on a bounded queue and return at once. One writer thread takes messages off
-the queue, asks :func:`core.intake.classify_message` what they are, appends
+the queue, asks :class:`core.intake.Intake` what they are, appends
 the readings (or the dead letter) to the log, and keeps the message's
 acknowledgement pending together with the highest offset it needs. After each
 drain of the queue it lets the log sync under its policy and releases every
@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from core.deadletter import DEAD_LETTER_STREAM, encode_dead_letter
-from core.intake import Accepted, Rejected, classify_message
+from core.intake import Accepted, Duplicate, Intake
 from core.reading import encode_reading
 from core.topics import Route
+from edge.clocksync import ClockProbe
 from edge.metrics import Metrics
 
 __all__ = ["Message", "Gateway", "LogSink"]
@@ -67,6 +68,10 @@ def _describe(metrics: Metrics) -> None:
     metrics.describe("tidegate_rejected_total", "counter", "Messages kept as dead letters, per reason")
     metrics.describe("tidegate_acks_total", "counter", "Messages acknowledged after their records became durable")
     metrics.describe("tidegate_intake_blocked", "gauge", "1 while the log refuses new readings (quota)")
+    metrics.describe("tidegate_duplicates_total", "counter", "Samples dropped as already seen (device, boot, seq)")
+    metrics.describe("tidegate_readings_unsynced_total", "counter", "Readings timed by the gateway clock before it was synchronised")
+    metrics.describe("tidegate_clock_synced", "gauge", "1 while the gateway clock is synchronised")
+    metrics.describe("tidegate_clock_jump_ms", "gauge", "Size of the last wall-clock step seen, in ms")
 
 
 class Gateway:
@@ -78,6 +83,11 @@ class Gateway:
         metrics: where counts go.
         clock: wall-clock time in seconds (injected for tests).
         queue_size: bound of the intake queue; at least the MQTT receive maximum.
+        intake: the intake decision with its dedup and device-time state
+            (``Intake(routes)`` if None); owned by the writer thread.
+        clock_probe: returns (wall ms, monotonic ms, synchronised) for device
+            time; edge/clocksync.py's probe by default when ``clock`` is the
+            real clock, none otherwise.
     """
 
     def __init__(
@@ -88,12 +98,18 @@ class Gateway:
         clock: Callable[[], float] = time.time,
         queue_size: int = 4096,
         retry_s: float = 0.5,
+        intake: Intake | None = None,
+        clock_probe: Callable[[], tuple[int, int, bool]] | None = None,
     ) -> None:
         self.log = log_sink
         self.routes = routes
         self.metrics = metrics
         self.clock = clock
         self.retry_s = retry_s
+        self.intake = intake if intake is not None else Intake(routes)
+        if clock_probe is None and clock is time.time:
+            clock_probe = ClockProbe().sample
+        self.clock_probe = clock_probe
         self._queue: queue.Queue[Message] = queue.Queue(maxsize=queue_size)
         self._pending: list[tuple[Message, dict[str, int]]] = []
         self._stop = threading.Event()
@@ -143,6 +159,7 @@ class Gateway:
                     return
                 self._release_durable()
                 continue
+            self._observe_clock()
             self._write(message)
             # Take whatever else is already waiting, so it shares the next sync.
             for _ in range(self._queue.qsize()):
@@ -152,19 +169,47 @@ class Gateway:
                     break
             self._release_durable()
 
+    def _observe_clock(self) -> None:
+        if self.clock_probe is None:
+            return
+        change = self.intake.observe_clock(*self.clock_probe())
+        self.metrics.set("tidegate_clock_synced", int(change.synced))
+        if change.jump_ms:
+            self.metrics.set("tidegate_clock_jump_ms", change.jump_ms)
+            log.warning("gateway clock stepped by %d ms; uptime mappings re-based (%d readings so far were timed "
+                        "by an unsynchronised clock)", change.jump_ms, self.intake.clock.unsynced_readings)
+
     def _write(self, message: Message) -> None:
-        result = classify_message(self.routes, message.source, message.topic, message.payload, message.received_ms)
+        result = self.intake.classify(message.source, message.topic, message.payload, message.received_ms)
         needs: dict[str, int] = {}
+        if isinstance(result, Duplicate):
+            # The first copy may still wait for its sync: acknowledge after it.
+            self.metrics.inc("tidegate_duplicates_total", result.samples, {"source": message.source})
+            self._pending.append((message, self._covering_pending(needs)))
+            return
         if isinstance(result, Accepted):
             for reading in result.readings:
                 needs[result.stream] = self._append(result.stream, reading.ts_ms, encode_reading(reading))
             self.metrics.inc("tidegate_readings_in_total", len(result.readings), {"stream": result.stream})
+            if result.unsynced:
+                self.metrics.inc("tidegate_readings_unsynced_total", result.unsynced)
+            if result.duplicates:
+                self.metrics.inc("tidegate_duplicates_total", result.duplicates, {"source": message.source})
+                needs = self._covering_pending(needs)
         else:
             letter = result.letter
             needs[DEAD_LETTER_STREAM] = self._append(DEAD_LETTER_STREAM, letter.received_ms, encode_dead_letter(letter))
             self.metrics.inc("tidegate_rejected_total", labels={"reason": letter.reason})
             log.info("rejected message on %s: %s", letter.topic, letter.message)
         self._pending.append((message, needs))
+
+    def _covering_pending(self, needs: dict[str, int]) -> dict[str, int]:
+        """``needs`` raised to cover every pending message's records."""
+        for _, other in self._pending:
+            for stream, offset in other.items():
+                if needs.get(stream, -1) < offset:
+                    needs[stream] = offset
+        return needs
 
     def _append(self, stream: str, ts_ms: int, payload: bytes) -> int:
         from core.log import LogFull  # the log's refusal; imported late to keep this module light
