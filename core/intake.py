@@ -194,6 +194,10 @@ class Intake:
             ts, source = received_ms + sample.time_ms, TIME_MAPPED
         else:
             ts, source = received_ms, TIME_GATEWAY
+        if ts < 0:
+            # The log refuses times before 1970 (docs/log_format.md); refusing here
+            # makes it a dead letter instead of an append error in the writer.
+            raise InvalidReading(f"device time {ts} ms is before 1970", reason="bad_time", field="ts")
         device = sample.device
         return [Reading(device, metric, ts, value, received_ms, source) for metric, value in sample.values]  # type: ignore[arg-type]
 

@@ -235,3 +235,8 @@ def test_writer_drops_redeliveries_counts_them_and_acks_only_after_the_first_cop
     assert [decode_reading(p).value for p in log.records["sensors"]] == [1.0]
     assert metrics.get("tidegate_duplicates_total", {"source": "mqtt"}) == 1
     assert metrics.get("tidegate_acks_total") == 2
+
+
+def test_time_before_1970_is_a_dead_letter_not_an_append_error() -> None:
+    result = Intake(ROUTES).classify("mqtt", "sensors/n1", b'{"m": "t", "ts": -5, "value": 1}', NOW)
+    assert isinstance(result, Rejected) and (result.letter.reason, result.letter.raw) == ("bad_time", b'{"m": "t", "ts": -5, "value": 1}')

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
+
+import cbor2
 import pytest
+import umsgpack
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from core.deadletter import DeadLetter, decode_dead_letter, encode_dead_letter
 from core.errors import LocalError
-from core.intake import Accepted, Rejected, classify_message
+from core.intake import Accepted, DamagedPayload, Duplicate, Intake, Rejected, classify_message
 from core.reading import Reading
 from core.topics import Route, TopicTemplate
 
@@ -65,9 +72,78 @@ def test_dead_letter_record_round_trips() -> None:
 
 
 def test_payload_the_transport_marked_damaged_is_a_dead_letter_with_its_reason() -> None:
-    from core.intake import DamagedPayload
-
     raw = b"\x01\x21\x85\xa1"
     result = classify_message(ROUTES, "serial", "/dev/serial/by-id/x", DamagedPayload(raw, "bad_crc", "CRC mismatch"), 9)
     assert result == Rejected(DeadLetter("serial", "/dev/serial/by-id/x", 9, "bad_crc", "CRC mismatch", raw))
     assert type(result.letter.raw) is bytes  # type: ignore[union-attr]
+
+
+# -- every reject path is a complete dead letter; nothing raises ---------------------
+
+FUZZ_ROUTES = tuple(
+    Route(TopicTemplate(f"{fmt}/{{device}}/{{metric}}"), "s", fmt)
+    for fmt in ("auto", "json", "msgpack", "cbor", "senml", "senml-cbor")
+)
+_REASON = re.compile(r"^[a-z_]+$")
+
+
+def _check(intake: Intake, topic: str, payload: bytes) -> None:
+    result = intake.classify("mqtt", topic, payload, 123)
+    assert isinstance(result, (Accepted, Rejected, Duplicate))
+    if isinstance(result, Rejected):
+        letter = result.letter
+        assert (letter.source, letter.topic, letter.received_ms, letter.raw) == ("mqtt", topic, 123, bytes(payload))
+        assert type(letter.raw) is bytes and _REASON.match(letter.reason) and letter.message
+        assert decode_dead_letter(encode_dead_letter(letter)) == letter
+
+
+_topics = st.sampled_from([f"{fmt}/d/m" for fmt in ("auto", "json", "msgpack", "cbor", "senml", "senml-cbor")] + ["nowhere"])
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_topics, st.binary(max_size=300))
+def test_intake_accepts_or_dead_letters_any_bytes_without_raising(topic: str, payload: bytes) -> None:
+    _check(Intake(FUZZ_ROUTES), topic, payload)
+
+
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(),
+    st.text(max_size=10), st.binary(max_size=10),
+)
+_keys = st.one_of(
+    st.sampled_from(["d", "device", "m", "metric", "v", "value", "values", "ts", "t", "up", "su", "b", "s", "seq",
+                     "boot", "n", "bn", "bt", "bv", "vs", "vb", "bver"]),
+    st.integers(min_value=-8, max_value=9), st.text(max_size=4),
+)
+_values = st.recursive(
+    _scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=5)), max_leaves=20
+)
+
+
+def _encodings(value: object) -> list[bytes]:
+    out = [cbor2.dumps(value)]
+    try:
+        out.append(umsgpack.packb(value))
+    except (umsgpack.PackException, TypeError, OverflowError):
+        pass
+    try:
+        out.append(json.dumps(value).encode())
+    except (TypeError, ValueError):
+        pass
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_topics, _values)
+def test_intake_accepts_or_dead_letters_any_structured_value(topic: str, value: object) -> None:
+    intake = Intake(FUZZ_ROUTES)
+    for payload in _encodings(value):
+        _check(intake, topic, payload)
+        _check(intake, topic, payload)  # a second time: dedup state must not break anything
+
+
+def test_damaged_payload_keeps_the_transport_reason_whatever_the_route() -> None:
+    intake = Intake(FUZZ_ROUTES)
+    for topic in ("json/d/m", "nowhere"):
+        result = intake.classify("serial", topic, DamagedPayload(b"\x01\x02", "bad_crc", "CRC mismatch"), 5)
+        assert isinstance(result, Rejected) and result.letter.reason == "bad_crc"
