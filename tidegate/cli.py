@@ -40,6 +40,13 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _listen(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (port 0 = any free port), got {text!r}")
+    return host, int(port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tidegate",
@@ -64,12 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gateway-id", default=None, help="this gateway's id, part of every reading's id (default gw-1)")
     run.add_argument("--sync", choices=("always", "interval", "never"), default=None, help="log sync policy (default interval)")
     run.add_argument("--window", type=int, default=None, metavar="SECONDS", help="time window length (60..86400, default 3600)")
-    run.add_argument("--http", type=_host_port, default=None, metavar="HOST:PORT",
+    run.add_argument("--http", type=_listen, default=None, metavar="HOST:PORT",
                      help="serve /metrics, /healthz and the status page here (default 0.0.0.0:9880)")
     run.add_argument("--no-http", action="store_true", help="no HTTP endpoint")
     run.add_argument("--log-format", choices=("text", "json"), default=None, help="log lines as text or JSON (default text)")
     run.add_argument("--simulate", type=int, default=0, metavar="N", help="also run N virtual sensors publishing to the broker")
     run.add_argument("--simulate-rate", type=float, default=1.0, metavar="HZ", help="samples per second per virtual sensor")
+    run.add_argument("--simulate-count", type=int, default=None, metavar="N", help="the virtual sensors stop after N samples")
     run.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     run.add_argument("--quiet", action="store_true", help="no summary line")
 
@@ -136,6 +144,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             changes["logging"] = replace(changes.get("logging", config.logging), level="debug")  # type: ignore[arg-type]
         changes["simulate_sensors"] = args.simulate
         changes["simulate_rate"] = args.simulate_rate
+        changes["simulate_count"] = args.simulate_count
         return replace(config, **changes)
     except ConfigError:
         raise
@@ -144,18 +153,24 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tidegate.app import Service
+    from tidegate.app import Service, setup_logging
     from tidegate.config import describe
 
     config = run_config_from_args(args)
     if args.check_config:
         print(json.dumps(describe(config), indent=2, default=str))
         return 0
+    setup_logging(config.logging.level, config.logging.format)
     service = Service(config)
-    service.start()
+    try:
+        service.start()
+    except BaseException:
+        service.stop()
+        raise
     host, port = config.mqtt.host, config.mqtt.port
     print(
         f"tidegate: gateway {config.gateway_id}, MQTT {host}:{port}, upstream {config.upstream}, data {config.data_dir}"
+        + (f", status page http://{_display_host(config.http.host)}:{service.http_port}/" if config.http else "")
         + (f", {args.simulate} simulated sensors" if args.simulate else ""),
         file=sys.stderr,
     )

@@ -141,6 +141,7 @@ class RunConfig:
     start_broker: bool = False
     simulate_sensors: int = 0
     simulate_rate: float = 1.0
+    simulate_count: int | None = None
     upstream_settings: Mapping[str, str] = field(default_factory=dict, repr=False)
     http: HttpConfig | None = None
     logging: LoggingConfig = LoggingConfig()
