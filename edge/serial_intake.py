@@ -202,6 +202,7 @@ class SerialIntake:
 
 
 def _open_serial(config: SerialConfig) -> SerialPort:
-    return serial.Serial(
+    port: SerialPort = serial.Serial(
         config.path, config.baudrate, timeout=config.read_timeout_s, exclusive=config.exclusive
     )
+    return port
