@@ -330,7 +330,7 @@ class SharedLog:
         with self._lock:
             return self._log.enforce_quota()
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, object]:
         with self._lock:
             out = self._log.stats()
         out["fsyncs"] = self._fs.fsyncs

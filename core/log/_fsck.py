@@ -201,7 +201,7 @@ def fsck(fs: FileSystem, config: LogConfig | None = None, *, repair: bool = Fals
     """
     wrapped = _RecordingFileSystem(fs) if repair else _DryRunFileSystem(fs)
     report = FsckReport(repair=repair)
-    log = Log(wrapped, config, reporter=report.damage.append, _verify=True)  # type: ignore[arg-type]
+    log = Log(wrapped, config, reporter=report.damage.append, _verify=True)
     try:
         for name in log.streams():
             st = log._streams[name]

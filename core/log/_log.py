@@ -431,21 +431,42 @@ class Log:
         st = self._streams.get(stream)
         if st is None:
             st = self._new_stream(stream)
-        for ts_ms, payload in records:
-            self._check_record(st, ts_ms, payload, now_ms)
-        if self.config.quota_bytes is not None:
-            cost = sum(len(p) + fmt.BATCH_RECORD_OVERHEAD for _, p in records) + BATCH_OVERHEAD
-            if self._usage + self._pending_cost + cost > self.config.quota_bytes:
-                window_ms = self.config.window_ms
-                targets = {(ts - ts % window_ms, window_ms) for ts, _ in records}
+        if not records:
+            return range(st.end, st.end)
+        times = [r[0] for r in records]
+        payloads = [r[1] for r in records]
+        # Fast path (the common case: bytes payloads, int times, all in one window): check the
+        # extremes only, add all records to the segment in one go. Anything else goes record by record.
+        fast = all(type(t) is int for t in times) and all(type(p) is bytes for p in payloads)
+        if fast:
+            low, high = min(times), max(times)
+            fast = fmt.MIN_TS <= low and high <= fmt.MAX_TS and max(map(len, payloads)) <= fmt.MAX_PAYLOAD_BYTES
+        if fast:
+            self._check_record(st, low, b"", now_ms)   # the oldest window is the one that may be closed
+            self._check_record(st, high, b"", now_ms)  # the newest time is the one that may be early
+        else:
+            for ts_ms, payload in records:
+                self._check_record(st, ts_ms, payload, now_ms)
+        config = self.config
+        window_ms = config.window_ms
+        nbytes = sum(map(len, payloads))
+        count = len(records)
+        if config.quota_bytes is not None:
+            cost = nbytes + fmt.BATCH_RECORD_OVERHEAD * count + BATCH_OVERHEAD
+            if self._usage + self._pending_cost + cost > config.quota_bytes:
+                targets = {(ts - ts % window_ms, window_ms) for ts in times}
                 try:
                     self._make_room(st, targets, cost)
                 except OSError as exc:
                     raise self._fail(exc) from exc
         first = st.end
         try:
-            for ts_ms, payload in records:
-                self._add(st, ts_ms, payload, now_ms, checked=True)
+            start = low - low % window_ms if fast else -1
+            if fast and high < start + window_ms and self._add_run(st, start, times, payloads, nbytes, now_ms):
+                pass
+            else:
+                for ts_ms, payload in records:
+                    self._add(st, ts_ms, payload, now_ms, checked=True)
             if self._sync_always:
                 self.sync()
             elif self._pending_cost >= PENDING_WRITE_BYTES:
@@ -455,6 +476,32 @@ class Log:
         except OSError as exc:
             raise self._fail(exc) from exc
         return range(first, st.end)
+
+    def _add_run(self, st: _Stream, start: int, times: list[int], payloads: list[bytes], nbytes: int,
+                 now_ms: int | Unsynced) -> bool:
+        """Add checked records of one window in one go; False if the segment would roll (use the slow path)."""
+        win = st.open.get(start)
+        if win is None:
+            win = self._activate(st, start)
+        seg = win.active
+        assert seg is not None
+        count = len(times)
+        cost = nbytes + fmt.BATCH_RECORD_OVERHEAD * count + BATCH_OVERHEAD
+        if policy.should_roll(seg.size, seg.pend_cost, cost, self.config.segment_bytes, st.end + count - seg.base,
+                              bool(seg.record_count or seg.pend_ts)):
+            return False
+        first = st.end
+        st.end = first + count
+        if not seg.pend_ts:
+            self._pending[id(seg)] = seg
+        self._pending_cost += seg.add_many(first, times, payloads, nbytes)
+        self._payload_bytes += nbytes
+        self._records_appended += count
+        self._seq += 1
+        win.touched = self._seq
+        if now_ms is not UNSYNCED:
+            win.last_append_ms = now_ms  # type: ignore[assignment]
+        return True
 
     def _new_stream(self, stream: str) -> _Stream:
         self._check()
@@ -681,21 +728,40 @@ class Log:
             seg.sealed = True
 
     def _write_indexes(self, seg: Segment) -> None:
+        """Write a sealed segment's index files.
+
+        They are derived data, so failing to write them (a full disk, an I/O
+        error) is reported and tolerated: the segment is scanned at the next
+        open instead. That keeps recovery on a full disk from failing, which
+        would be a crash loop.
+        """
         fs = self._fs
         index, timeindex = seg.index_files()
         self._usage -= seg.index_bytes
-        for suffix, data in ((fmt.TIMEINDEX_SUFFIX, timeindex), (fmt.INDEX_SUFFIX, index)):
-            path = seg.path + suffix
-            if fs.exists(path):
-                fs.unlink(path)
-            handle = fs.open_append(path)
-            try:
-                handle.write(data)
-                if self._fsync:
-                    handle.sync()
-            finally:
-                handle.close()
-            self._bytes_written += len(data)
+        seg.index_bytes = 0
+        try:
+            for suffix, data in ((fmt.TIMEINDEX_SUFFIX, timeindex), (fmt.INDEX_SUFFIX, index)):
+                path = seg.path + suffix
+                if fs.exists(path):
+                    fs.unlink(path)
+                handle = fs.open_append(path)
+                try:
+                    self._bytes_written += len(data)
+                    handle.write(data)
+                    if self._fsync:
+                        handle.sync()
+                finally:
+                    handle.close()
+        except OSError as exc:
+            self._report(Damage(seg.path + fmt.INDEX_SUFFIX, 0, 0, f"index_not_written:{_errno_name(exc)}",
+                                action="ignored"))
+            for suffix in (fmt.INDEX_SUFFIX, fmt.TIMEINDEX_SUFFIX):
+                try:
+                    if fs.exists(seg.path + suffix):
+                        fs.unlink(seg.path + suffix)
+                except OSError:
+                    pass
+            return
         seg.index_bytes = len(index) + len(timeindex)
         self._usage += seg.index_bytes
 
@@ -761,7 +827,7 @@ class Log:
             self._seen_damage.add(key)
             self._report(damage)
 
-    def _batches(self, seg: Segment, where: tuple[int, int]) -> Iterator[tuple[fmt.BatchHeader, tuple]]:
+    def _batches(self, seg: Segment, where: tuple[int, int]) -> Iterator[tuple[fmt.BatchHeader, fmt.DecodedBatch]]:
         """Yield the decodable batches of ``seg`` from an index position up to its durable size.
 
         ``where`` is (position, first offset of the batch there) from the index;
@@ -838,7 +904,7 @@ class Log:
         )
         out: list[LogRecord] = []
         size = 0
-        heap: list[tuple[int, int, tuple, Iterator]] = []
+        heap: list[tuple[int, int, fmt.DecodedBatch, Iterator[tuple[fmt.BatchHeader, fmt.DecodedBatch]]]] = []
         i = 0
         try:
             while True:
@@ -857,7 +923,7 @@ class Log:
                 base = header.base_offset
                 base_ts = header.base_ts
                 k = max(0, offset - base)
-                stop = min(header.count, high - base)
+                stop = min(header.records, high - base)
                 previous = ends[k - 1] if k else 0
                 while k < stop:
                     end = ends[k]
@@ -906,7 +972,7 @@ class Log:
                         base_ts = header.base_ts
                         high = st.durable
                         previous = 0
-                        for k in range(header.count):
+                        for k in range(header.records):
                             end = ends[k]
                             ts = base_ts + deltas[k]
                             if t1 <= ts < t2 and base + k < high:
@@ -1127,7 +1193,7 @@ class Log:
 
     # ------------------------------------------------------------------ stats and closing
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, object]:
         """Counters and gauges for metrics (works in the ERROR state too).
 
         Keys: ``streams`` (per stream: offsets, bytes, segments, windows,

@@ -96,7 +96,7 @@ class Segment:
             self.min_ts = header.base_ts
             self.max_ts = header.base_ts + header.ts_span
         self.last_offset = header.last_offset
-        self.record_count += header.count
+        self.record_count += header.records
 
     def position_for(self, offset: int) -> tuple[int, int]:
         """Return (position, first offset) of the last indexed batch starting at or below ``offset``.
@@ -217,6 +217,21 @@ class Segment:
         self.pend_ts.append(ts_ms)
         self.pend_payloads.append(payload)
         self.pend_bytes += len(payload)
+        self.pend_cost += cost
+        return cost
+
+    def add_many(self, first: int, times: list[int], payloads: list[bytes], nbytes: int) -> int:
+        """Buffer records with consecutive offsets from ``first``; return their estimated cost."""
+        cost = nbytes + fmt.BATCH_RECORD_OVERHEAD * len(times)
+        if first != self.pend_next:
+            self.pend_runs.append((len(self.pend_ts), first))
+            cost += BATCH_OVERHEAD
+        split = fmt.BATCH_SPLIT_BYTES
+        cost += BATCH_OVERHEAD * ((self.pend_bytes + nbytes) // split - self.pend_bytes // split)
+        self.pend_next = first + len(times)
+        self.pend_ts.extend(times)
+        self.pend_payloads.extend(payloads)
+        self.pend_bytes += nbytes
         self.pend_cost += cost
         return cost
 

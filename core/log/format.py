@@ -14,7 +14,7 @@ import re
 import struct
 from array import array
 from itertools import accumulate
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import google_crc32c
 
@@ -100,7 +100,7 @@ _U32 = 0xFFFFFFFF
 
 def crc32c(data: bytes | bytearray | memoryview) -> int:
     """CRC-32C (Castagnoli) of ``data``."""
-    return google_crc32c.value(bytes(data) if isinstance(data, memoryview) else data)
+    return int(google_crc32c.value(bytes(data) if isinstance(data, memoryview) else data))
 
 
 def mask_crc(crc: int) -> int:
@@ -144,13 +144,13 @@ def encode_batch(base_offset: int, ts: list[int], payloads: list[bytes]) -> byte
 _LITTLE = array("I", [1]).tobytes() == b"\x01\x00\x00\x00"
 
 
-def _swapped(values: array) -> bytes:
+def _swapped(values: array[int]) -> bytes:
     copy = array(values.typecode, values)
     copy.byteswap()
     return copy.tobytes()
 
 
-def _u32_array(data: bytes | memoryview) -> array:
+def _u32_array(data: bytes | memoryview) -> array[int]:
     values = array("I")
     values.frombytes(data)
     if not _LITTLE:
@@ -160,13 +160,13 @@ def _u32_array(data: bytes | memoryview) -> array:
 
 class BatchHeader(NamedTuple):
     base_offset: int
-    count: int
+    records: int
     base_ts: int
     ts_span: int
 
     @property
     def last_offset(self) -> int:
-        return self.base_offset + self.count - 1
+        return self.base_offset + self.records - 1
 
     @property
     def max_ts(self) -> int:
@@ -182,13 +182,17 @@ def decode_batch_header(body: bytes | memoryview) -> BatchHeader | None:
     if len(body) < BATCH_HEADER_SIZE:
         return None
     header = BatchHeader(*BATCH_HEADER.unpack_from(body, 0))
-    count = header.count
+    count = header.records
     if count < 1 or len(body) < BATCH_HEADER_SIZE + 8 * count:
         return None
     return header
 
 
-def decode_batch(body: bytes | memoryview) -> tuple[BatchHeader, array, list[int], memoryview] | None:
+#: A decoded batch: (header, deltas, payload end positions, payload bytes).
+DecodedBatch = tuple[BatchHeader, "array[int]", list[int], memoryview]
+
+
+def decode_batch(body: bytes | memoryview) -> DecodedBatch | None:
     """Decode a BATCH body into (header, deltas, payload end positions, payload bytes).
 
     Record ``i`` has offset ``header.base_offset + i``, time
@@ -199,7 +203,7 @@ def decode_batch(body: bytes | memoryview) -> tuple[BatchHeader, array, list[int
     header = decode_batch_header(body)
     if header is None:
         return None
-    count = header.count
+    count = header.records
     view = memoryview(body)
     start = BATCH_HEADER_SIZE
     deltas = _u32_array(view[start:start + 4 * count])
@@ -262,7 +266,7 @@ def index_crc_ok(index: bytes, timeindex: bytes) -> bool:
     crc = google_crc32c.extend(
         google_crc32c.extend(google_crc32c.value(index[:_INDEX_CRC_AT]), index[INDEX_HEADER_SIZE:]), timeindex
     )
-    return unmask_crc(masked) == crc
+    return bool(unmask_crc(masked) == crc)
 
 
 def decode_index_entries(data: bytes, count: int) -> list[tuple[int, int]]:
@@ -290,15 +294,15 @@ def decode_cursor(data: bytes) -> int | None:
     magic, offset, masked = _CURSOR.unpack(data)
     if magic != CURSOR_MAGIC or unmask_crc(masked) != crc32c(data[:12]):
         return None
-    return offset
+    return int(offset)
 
 
-def encode_state(state: dict) -> bytes:
+def encode_state(state: dict[str, object]) -> bytes:
     line = json.dumps(state, sort_keys=True, separators=(", ", ": ")).encode("utf-8")
     return line + b"\ncrc32c %08x\n" % mask_crc(crc32c(line))
 
 
-def decode_state(data: bytes) -> dict | None:
+def decode_state(data: bytes) -> dict[str, Any] | None:
     """Return the state dict of a ``meta/state`` file, or None if it is damaged."""
     lines = data.split(b"\n")
     if len(lines) != 3 or lines[2] != b"" or not lines[1].startswith(b"crc32c "):

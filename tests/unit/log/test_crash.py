@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from core.log import LogConfig, LogError, LogFull
+from core.log import LogConfig, LogFull
 from tests.unit.log.conftest import T0, open_log
 from tests.unit.log.memfs import CrashNow, MemFS
 

@@ -70,7 +70,7 @@ def test_batch_round_trip(base, records) -> None:
     records = [(low + (t - low) % (2**32), p) for t, p in records]
     body = fmt.encode_batch(base, [t for t, _ in records], [p for _, p in records])
     header, deltas, ends, blob = fmt.decode_batch(body)
-    assert header.base_offset == base and header.count == len(records)
+    assert header.base_offset == base and header.records == len(records)
     previous = 0
     for i, (ts, payload) in enumerate(records):
         assert header.base_ts + deltas[i] == ts

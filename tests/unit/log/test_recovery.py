@@ -37,7 +37,7 @@ def frames_of(data: bytes) -> list[tuple[int, int, int]]:
     """(start, end, records) of each frame in a segment."""
     out = []
     for pos, _, body in FrameScanner(lambda p, n: data[p:p + n], "x", 0, len(data)):
-        out.append((pos, pos + fmt.FRAME_HEADER_SIZE + len(body), fmt.decode_batch_header(body).count))
+        out.append((pos, pos + fmt.FRAME_HEADER_SIZE + len(body), fmt.decode_batch_header(body).records))
     return out
 
 
@@ -51,6 +51,7 @@ def all_records(log) -> list:
         offset = chunk[-1].offset + 1
 
 
+@pytest.mark.slow
 def test_torn_tail_at_every_byte_of_the_last_4k_is_a_clean_eof() -> None:
     files = written_log(records=80).snapshot()
     data = files[SEGMENT]

@@ -1,0 +1,201 @@
+"""The durable log on real files: the adapter, threads, kill -9 of an appending process, a full disk."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core.log import UNSYNCED, LogConfig, LogIOError
+from edge.logstore import DataDirLocked, OsFileSystem, fsck_data_dir, open_log
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_704_067_200_000
+
+
+@pytest.mark.slow
+def test_round_trip_reopen_and_fsck_on_real_files(tmp_path) -> None:
+    config = LogConfig(sync_policy="interval", segment_bytes=64 * 1024)
+    with open_log(tmp_path, config) as log:
+        offsets = [log.append("s", T0 + i, b"r%05d" % i, UNSYNCED) for i in range(3000)]
+        assert log.wait_durable("s", offsets[-1], timeout=5)
+        assert [r.payload for r in log.read("s", 2990)] == [b"r%05d" % i for i in range(2990, 3000)]
+        with pytest.raises(DataDirLocked):
+            open_log(tmp_path, config)
+    with open_log(tmp_path, config) as log:
+        assert log.end_offset("s") == 3000
+        assert log.recovery.segments_recovered == 0  # sealed at close: trusted, not rescanned
+        assert len(list(log.read_time_range("s", T0 + 100, T0 + 200))) == 100
+    report = fsck_data_dir(tmp_path)
+    assert report.clean, report.lines()
+    names = sorted(p.name for p in (tmp_path / "streams" / "s").iterdir())
+    assert names == ["00000001704067200000-03600000"]
+
+
+@pytest.mark.slow
+def test_os_file_system_forgets_cached_readers_when_files_change(tmp_path) -> None:
+    fs = OsFileSystem(tmp_path)
+    handle = fs.open_append("f")
+    handle.write(b"old")
+    handle.close()
+    assert fs.read("f", 0, 10) == b"old"
+    fs.unlink("f")
+    handle = fs.open_append("f")
+    handle.write(b"new!")
+    handle.sync()
+    handle.close()
+    assert fs.read("f", 0, 10) == b"new!"
+    fs.truncate("f", 2)
+    assert fs.read("f", 0, 10) == b"ne"
+    fs.mkdir("d")
+    fs.mkdir("d")
+    assert fs.listdir("") == ["d", "f"]
+    fs.sync_dir("d")
+    fs.close()
+
+
+@pytest.mark.slow
+def test_the_intake_thread_appends_while_the_bridge_thread_reads(tmp_path) -> None:
+    with open_log(tmp_path, LogConfig(sync_policy="interval", sync_interval_ms=5)) as log:
+        seen: list[int] = []
+        done = threading.Event()
+
+        def bridge() -> None:
+            offset = 0
+            while not done.is_set() or offset < log.durable_offset("s"):
+                for record in log.read("s", offset, max_records=100):
+                    seen.append(record.offset)
+                    offset = record.offset + 1
+                log.store_cursor("bridge", "s", offset)
+                time.sleep(0.001)
+
+        reader = threading.Thread(target=bridge)
+        reader.start()
+        for i in range(5000):
+            offset = log.append("s", T0 + i, b"x" * 50, UNSYNCED)
+        assert log.wait_durable("s", offset, timeout=5)
+        done.set()
+        reader.join(10)
+        assert seen == list(range(5000))
+        assert log.load_cursor("bridge", "s") == 5000
+        stats = log.stats()
+        assert stats["fsyncs"] > 0 and stats["syncs"] > 0
+
+
+CHILD = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[4])
+from core.log import LogConfig, UNSYNCED
+from edge.logstore import open_log
+
+data_dir, policy, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
+log = open_log(data_dir, LogConfig(sync_policy=policy, segment_bytes=128 * 1024, window_ms=60_000,
+                                   max_open_windows=3))
+out = sys.stdout
+out.write("ready\n")
+out.flush()
+n = 0
+while True:
+    burst = []
+    for _ in range(1 + n % 50):   # the intake appends what it received, then waits for the sync
+        payload = b"%d-%d-" % (os.getpid(), n) + b"p" * (n % 200)
+        ts = 1_704_067_200_000 + (start + n) * 97 % (10 * 60_000)   # several windows, out of order
+        burst.append((log.append("s", ts, payload, UNSYNCED), ts, payload))
+        n += 1
+    if policy != "always":
+        log.wait_durable("s", burst[-1][0], timeout=10)
+    for offset, ts, payload in burst:
+        out.write("%d %d %s\n" % (offset, ts, payload.hex()))   # the acknowledgements
+    out.flush()
+"""
+
+
+def kill_cycles(tmp_path: Path, policy: str, cycles: int) -> int:
+    rng = random.Random(cycles)
+    acked: dict[int, tuple[int, bytes]] = {}
+    for cycle in range(cycles):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(tmp_path), policy, str(cycle * 100_000), str(ROOT)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        assert child.stdout is not None
+        ready = child.stdout.readline()
+        assert ready == b"ready\n", child.stderr.read().decode() if child.stderr else ready
+        time.sleep(rng.uniform(0.05, 0.5))
+        os.kill(child.pid, signal.SIGKILL)
+        out, err = child.communicate(timeout=30)
+        lines = out.split(b"\n")[:-1]  # the last line may be cut short
+        for line in lines:
+            offset, ts, payload = line.split(b" ")
+            assert int(offset) not in acked  # an acknowledged offset is never handed out again
+            acked[int(offset)] = (int(ts), bytes.fromhex(payload.decode()))
+        with open_log(tmp_path, LogConfig(sync_policy=policy), background=False) as log:
+            got = {}
+            offset = 0
+            while chunk := log.read("s", offset, max_records=10_000, max_bytes=1 << 30):
+                got.update({r.offset: (r.ts_ms, r.payload) for r in chunk})
+                offset = chunk[-1].offset + 1
+            missing = [o for o in acked if got.get(o) != acked[o]]
+            assert not missing, (cycle, missing[:10])
+    return len(acked)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["always", "interval"])
+def test_kill_9_of_an_appending_process_loses_no_acknowledged_record(tmp_path, policy) -> None:
+    assert kill_cycles(tmp_path, policy, cycles=int(os.environ.get("TIDEGATE_KILL_CYCLES", "3"))) > 0
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("policy", ["always", "interval"])
+def test_kill_9_hundreds_of_times(tmp_path, policy) -> None:
+    assert kill_cycles(tmp_path, policy, cycles=200) > 0
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                            capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.mark.slow
+def test_disk_full_on_a_small_tmpfs_fails_loudly_and_recovers_every_acknowledged_record(small_tmpfs) -> None:
+    config = LogConfig(sync_policy="always", segment_bytes=64 * 1024, window_ms=60_000)
+    acked: dict[int, bytes] = {}
+    log = open_log(small_tmpfs / "data", config)
+    with pytest.raises(LogIOError) as info:
+        for i in range(100_000):
+            payload = b"%08d" % i + b"z" * 200
+            acked[log.append("s", T0 + i * 10, payload, UNSYNCED)] = payload
+    assert info.value.reason == "ENOSPC"
+    log.close()
+    # Reopening on the still-full disk must work (no crash loop): it only truncates and reads.
+    with open_log(small_tmpfs / "data", config, background=False) as log:
+        got = {r.offset: r.payload for r in log.read("s", 0, max_records=10**6, max_bytes=1 << 30)}
+        assert all(got[o] == p for o, p in acked.items())
+    # With a quota below the disk size, the log refuses instead of failing.
+    (small_tmpfs / "quota").mkdir()
+    for path in sorted((small_tmpfs / "data").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    from core.log import LogFull
+    quota = LogConfig(sync_policy="always", segment_bytes=64 * 1024, window_ms=60_000, quota_bytes=1024 * 1024)
+    with open_log(small_tmpfs / "quota", quota) as log:
+        with pytest.raises(LogFull):
+            for i in range(100_000):
+                log.append("s", T0 + i * 10, b"q" * 200, UNSYNCED)
+        assert log.durable_offset("s") == log.end_offset("s")
