@@ -31,8 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from core.deadletter import DEAD_LETTER_STREAM, encode_dead_letter
+from core.deadletter import DEAD_LETTER_STREAM, DeadLetter, encode_dead_letter
 from core.intake import Accepted, Duplicate, Intake
+from core.log import LogFull, RecordRejected
 from core.reading import encode_reading
 from core.topics import Route
 from edge.clocksync import ClockProbe
@@ -188,9 +189,25 @@ class Gateway:
             self._pending.append((message, self._covering_pending(needs)))
             return
         if isinstance(result, Accepted):
+            appended = 0
             for reading in result.readings:
-                needs[result.stream] = self._append(result.stream, reading.ts_ms, encode_reading(reading))
-            self.metrics.inc("tidegate_readings_in_total", len(result.readings), {"stream": result.stream})
+                try:
+                    needs[result.stream] = self._append(result.stream, reading.ts_ms, encode_reading(reading))
+                    appended += 1
+                except RecordRejected as exc:
+                    # The log's late/early rule refused this reading; it is kept
+                    # as a dead letter (the whole raw message, naming the reading)
+                    # and the rest of the pack goes on. Raising here would stop
+                    # the writer, and the broker would redeliver the message
+                    # into the same stop after every restart.
+                    letter = DeadLetter(
+                        message.source, message.topic, message.received_ms, exc.reason,
+                        f"reading {reading.device}/{reading.metric} at {reading.ts_ms}: {exc}", message.payload,
+                    )
+                    needs[DEAD_LETTER_STREAM] = self._append(DEAD_LETTER_STREAM, letter.received_ms, encode_dead_letter(letter))
+                    self.metrics.inc("tidegate_rejected_total", labels={"reason": letter.reason})
+                    log.info("rejected reading on %s: %s", letter.topic, letter.message)
+            self.metrics.inc("tidegate_readings_in_total", appended, {"stream": result.stream})
             if result.unsynced:
                 self.metrics.inc("tidegate_readings_unsynced_total", result.unsynced)
             if result.duplicates:
@@ -212,8 +229,6 @@ class Gateway:
         return needs
 
     def _append(self, stream: str, ts_ms: int, payload: bytes) -> int:
-        from core.log import LogFull  # the log's refusal; imported late to keep this module light
-
         while True:
             try:
                 offset = self.log.append(stream, ts_ms, payload, self.now_ms())

@@ -102,3 +102,28 @@ def test_a_failing_log_stops_the_writer_without_acknowledging() -> None:
     assert isinstance(gateway.failure, OSError)
     assert acked == []
     gateway.stop()
+
+
+def test_a_reading_the_time_rule_refuses_becomes_a_dead_letter_and_the_writer_goes_on() -> None:
+    from core.log import Log, LogConfig
+    from tests.unit.log.memfs import MemFS
+
+    now_ms = 1_767_225_600_000
+    real_log = Log(MemFS(), LogConfig(sync_policy="always"))
+    acked: list[str] = []
+    metrics = Metrics()
+    gateway = Gateway(real_log, ROUTES, metrics, clock=lambda: now_ms / 1000)
+    gateway.start()
+    try:
+        # one good reading and one a day ahead of the gateway, in one pack
+        pack = b'[{"ts": %d, "value": 1}, {"ts": %d, "value": 2}]' % (now_ms, now_ms + 86_400_000)
+        gateway.submit(Message("mqtt", "sensors/n1/t", pack, now_ms, lambda: acked.append("pack")))
+        gateway.submit(Message("mqtt", "sensors/n1/t", b'{"ts": %d, "value": 3}' % now_ms, now_ms, lambda: acked.append("next")))
+        wait_for(lambda: len(acked) == 2)
+    finally:
+        gateway.stop()
+    assert not gateway.failed.is_set()
+    assert [decode_reading(r.payload).value for r in real_log.read("sensors", 0)] == [1, 3]
+    (letter,) = [decode_dead_letter(r.payload) for r in real_log.read(DEAD_LETTER_STREAM, 0)]
+    assert letter.reason == "early" and letter.raw == pack and "n1/t" in letter.message
+    assert metrics.get("tidegate_rejected_total", {"reason": "early"}) == 1
