@@ -36,6 +36,15 @@ else:  # CPython: the same wrapping arithmetic as the ports (period 2**30 ms)
         time.sleep(ms / 1000)
 
 
+def load_serial_frame():
+    """core/serial_frame.py: /lib/serial_frame.py on a board, ``core.serial_frame`` in the repository."""
+    try:
+        import serial_frame
+    except ImportError:
+        from core import serial_frame
+    return serial_frame
+
+
 def random32():
     """32 random bits: the hardware RNG where the port has ``os.urandom``."""
     try:
