@@ -28,9 +28,17 @@ recently used dropped first (counted as ``evicted``). A window costs about
 ``window / 8`` bytes plus ~150 bytes of overhead; a fingerprint window about
 100 bytes per remembered number.
 
-The window lives in memory. After a gateway restart it is empty, so a message
-that was written to the log but not acknowledged before the crash is written
-again when the broker redelivers it.
+Readings without a sequence number but with the device's own time are judged
+by :class:`ContentDedup`: two readings of one series (device, metric) at one
+device time with one value are the same reading, so the last ``max_keys`` such
+keys are remembered and a repeat is a duplicate. Readings with neither a
+sequence number nor a device time cannot be told from new ones and pass.
+
+The windows live in memory, and are rebuilt after a restart from the tail of
+the log (every reading record of a numbered sample carries its boot, sequence
+number and fingerprint; see :meth:`core.intake.Intake.remember`), so a
+message written to the log but not acknowledged before a crash is recognised
+when the broker delivers it again.
 
 Pure: no clock, no I/O. Not thread-safe: one owner (the writer) calls it.
 """
@@ -41,7 +49,7 @@ from collections import OrderedDict
 
 from core.errors import LocalError
 
-__all__ = ["Dedup", "NEW", "DUPLICATE", "STALE"]
+__all__ = ["Dedup", "ContentDedup", "NEW", "DUPLICATE", "STALE"]
 
 NEW = 0
 DUPLICATE = 1
@@ -134,3 +142,36 @@ class Dedup:
 
     def __len__(self) -> int:
         return len(self._windows)
+
+
+class ContentDedup:
+    """The most recent readings without sequence numbers, by content.
+
+    A key is (device, metric, device time, value type, value). Only readings
+    timed by the device's own clock are judged: a time the gateway supplied
+    changes on every delivery, so it identifies nothing.
+
+    Args:
+        max_keys: how many recent keys are remembered (oldest forgotten first).
+    """
+
+    def __init__(self, max_keys: int = 65_536) -> None:
+        if max_keys < 1:
+            raise LocalError("ContentDedup max_keys must be positive")
+        self.max_keys = max_keys
+        self._seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
+        self.duplicates = 0
+
+    def check(self, device: str, metric: str, ts_ms: int, value: object) -> int:
+        """:data:`NEW` (and now remembered) or :data:`DUPLICATE` (counted)."""
+        key = (device, metric, ts_ms, type(value).__name__, value)
+        if key in self._seen:
+            self.duplicates += 1
+            return DUPLICATE
+        self._seen[key] = None
+        if len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+        return NEW
+
+    def __len__(self) -> int:
+        return len(self._seen)

@@ -22,18 +22,27 @@ neither deduplication nor memory of devices.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+
+import umsgpack
 
 from core.codecs import SourceFields, decode_payload, decode_samples
 from core.deadletter import DeadLetter
-from core.dedup import DUPLICATE, Dedup
+from core.dedup import DUPLICATE, ContentDedup, Dedup
 from core.devicetime import ClockChange, DeviceClock
 from core.errors import InvalidReading, PayloadError
-from core.reading import TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Reading
+from core.reading import TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Provenance, Reading
 from core.sample import TIME_KIND_EPOCH, TIME_KIND_RELATIVE, TIME_KIND_UPTIME, Sample
 from core.topics import Route, route_topic
 
-__all__ = ["Accepted", "Rejected", "Duplicate", "DamagedPayload", "Intake", "classify_message"]
+__all__ = ["Accepted", "Rejected", "Duplicate", "DamagedPayload", "Intake", "classify_message", "sample_fingerprint"]
+
+
+def sample_fingerprint(sample: Sample) -> int:
+    """CRC-32 of a sample's time and values: stable across processes (unlike ``hash``),
+    because it is stored in the log and compared after a restart."""
+    return zlib.crc32(umsgpack.packb([sample.time_kind, sample.time_ms, [list(pair) for pair in sample.values]]))
 
 
 class DamagedPayload(bytes):
@@ -75,6 +84,9 @@ class Accepted:
     readings: tuple[Reading, ...]
     duplicates: int = 0
     unsynced: int = 0
+    # Parallel to ``readings``: each one's sample provenance, to store in the
+    # log with it (empty when no sample of the message was numbered).
+    provenance: tuple[Provenance | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,14 +140,25 @@ class Intake:
         routes: topic routes to streams.
         dedup: the dedup windows (a default :class:`~core.dedup.Dedup` if None).
         clock: the device-time mapper (a default :class:`~core.devicetime.DeviceClock` if None).
+        content_dedup: drop a reading without a sequence number when the same
+            series already has the same value at the same device time (see
+            :class:`~core.dedup.ContentDedup`).
 
     Owns ``dedup`` and ``clock``. Not thread-safe: the gateway's writer thread
     is its one caller, for :meth:`classify` and :meth:`observe_clock` alike.
     """
 
-    def __init__(self, routes: tuple[Route, ...], dedup: Dedup | None = None, clock: DeviceClock | None = None) -> None:
+    def __init__(
+        self,
+        routes: tuple[Route, ...],
+        dedup: Dedup | None = None,
+        clock: DeviceClock | None = None,
+        content_dedup: bool = True,
+    ) -> None:
         self.routes = routes
         self.dedup = dedup if dedup is not None else Dedup()
+        self.content = ContentDedup()
+        self.content_dedup = content_dedup
         self.clock = clock if clock is not None else DeviceClock()
         self._clock_observed = False
 
@@ -166,22 +189,49 @@ class Intake:
                 message = f"pack item {index}: {exc}" if len(samples) > 1 else str(exc)
                 return Rejected(DeadLetter(source, topic, received_ms, exc.reason, message, payload))
         readings: list[Reading] = []
+        provenance: list[Provenance | None] = []
         duplicates = 0
         dedup = self.dedup
         for sample, sample_readings in zip(samples, built):
             if sample.seq is not None:
-                fingerprint = hash((sample.time_kind, sample.time_ms, tuple(sample.values))) if sample.boot is None else 0
+                fingerprint = sample_fingerprint(sample)
                 if dedup.check(sample.device, sample.boot, sample.seq, fingerprint) == DUPLICATE:
                     duplicates += 1
                     continue
-            readings.extend(sample_readings)
+                readings.extend(sample_readings)
+                provenance.extend([Provenance(sample.boot, sample.seq, fingerprint)] * len(sample_readings))
+                continue
+            fresh = [r for r in sample_readings if self._content_is_new(r)]
+            if not fresh:
+                duplicates += 1
+                continue
+            readings.extend(fresh)
+            provenance.extend([None] * len(fresh))
         if not readings:
             return Duplicate(route.stream, duplicates)
         unsynced = 0
         if self._clock_observed and not self.clock.synced:
             unsynced = sum(1 for r in readings if r.time_source != TIME_DEVICE)
             self.clock.unsynced_readings += unsynced
-        return Accepted(route.stream, tuple(readings), duplicates, unsynced)
+        if not any(provenance):
+            provenance = []
+        return Accepted(route.stream, tuple(readings), duplicates, unsynced, tuple(provenance))
+
+    def _content_is_new(self, reading: Reading) -> bool:
+        if not self.content_dedup or reading.time_source != TIME_DEVICE:
+            return True
+        return self.content.check(reading.device, reading.metric, reading.ts_ms, reading.value) != DUPLICATE
+
+    def remember(self, reading: Reading, provenance: Provenance | None) -> None:
+        """Mark a reading already in the log as seen (rebuilding the windows after a restart).
+
+        Call it for the tail of each stream, in offset order, before the first
+        :meth:`classify`.
+        """
+        if provenance is not None:
+            self.dedup.check(reading.device, provenance.boot, provenance.seq, provenance.fingerprint)
+        elif reading.time_source == TIME_DEVICE:
+            self.content.check(reading.device, reading.metric, reading.ts_ms, reading.value)
 
     def _build(self, sample: Sample, received_ms: int) -> list[Reading]:
         kind = sample.time_kind

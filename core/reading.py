@@ -7,8 +7,11 @@ time of receipt. ``time_source`` says where ``ts_ms`` came from, so consumers
 can tell a device clock from an uptime mapped onto gateway time.
 
 In the log each reading is one record whose payload is the msgpack array
-``[device, metric, ts_ms, value, received_ms, time_source]`` (see
-docs/log_format.md, "Reading payload").
+``[device, metric, ts_ms, value, received_ms, time_source]``, followed, for a
+reading from a sample with a sequence number, by its :class:`Provenance`
+``boot, seq, fingerprint`` (see docs/log_format.md, "Reading payload"). The
+provenance is what lets the gateway rebuild its deduplication windows from
+the log after a crash.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from core.errors import InvalidReading
 __all__ = [
     "Value",
     "Reading",
+    "Provenance",
     "TIME_DEVICE",
     "TIME_MAPPED",
     "TIME_GATEWAY",
@@ -31,6 +35,7 @@ __all__ = [
     "MAX_STRING_VALUE_BYTES",
     "encode_reading",
     "decode_reading",
+    "decode_record",
 ]
 
 Value = Union[float, int, bool, str]
@@ -101,14 +106,33 @@ class Reading:
             raise InvalidReading(f"unknown time_source {self.time_source!r}", reason="bad_time", field="time_source")
 
 
-def encode_reading(reading: Reading) -> bytes:
-    """Encode a reading as a log record payload."""
-    return umsgpack.packb(
-        [reading.device, reading.metric, reading.ts_ms, reading.value, reading.received_ms, reading.time_source]
-    )
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where a reading's sample came from, as the sender numbered it.
+
+    Attributes:
+        boot: the device's boot id, or None if it sent none.
+        seq: the sample's sequence number within the boot.
+        fingerprint: CRC-32 of the sample's time and values; it tells a resent
+            sample from a new one with a reused number when there is no boot id.
+    """
+
+    boot: int | str | None
+    seq: int
+    fingerprint: int
 
 
-def decode_reading(payload: bytes) -> Reading:
+def encode_reading(reading: Reading, provenance: Provenance | None = None) -> bytes:
+    """Encode a reading (and the provenance of its sample, if any) as a log record payload."""
+    fields: list[object] = [
+        reading.device, reading.metric, reading.ts_ms, reading.value, reading.received_ms, reading.time_source
+    ]
+    if provenance is not None:
+        fields += [provenance.boot, provenance.seq, provenance.fingerprint]
+    return umsgpack.packb(fields)
+
+
+def decode_record(payload: bytes) -> tuple[Reading, Provenance | None]:
     """Decode a log record payload written by :func:`encode_reading`.
 
     Raises:
@@ -118,6 +142,21 @@ def decode_reading(payload: bytes) -> Reading:
         fields = umsgpack.unpackb(payload)
     except (umsgpack.UnpackException, ValueError, TypeError) as exc:
         raise InvalidReading(f"reading record is not msgpack: {exc}", reason="bad_record") from exc
-    if not isinstance(fields, list) or len(fields) != 6:
-        raise InvalidReading("reading record must be a 6-element msgpack array", reason="bad_record")
-    return Reading(*fields)
+    if not isinstance(fields, list) or len(fields) not in (6, 9):
+        raise InvalidReading("reading record must be a msgpack array of 6 or 9 elements", reason="bad_record")
+    provenance = None
+    if len(fields) == 9:
+        boot, seq, fingerprint = fields[6:]
+        if type(seq) is not int or type(fingerprint) is not int or not (boot is None or type(boot) in (int, str)):
+            raise InvalidReading("reading record provenance must be [boot, int seq, int fingerprint]", reason="bad_record")
+        provenance = Provenance(boot, seq, fingerprint)
+    return Reading(*fields[:6]), provenance
+
+
+def decode_reading(payload: bytes) -> Reading:
+    """Decode the reading of a log record payload (its provenance is ignored).
+
+    Raises:
+        InvalidReading: the payload is not a reading record.
+    """
+    return decode_record(payload)[0]

@@ -27,14 +27,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from core.deadletter import DEAD_LETTER_STREAM, DeadLetter, encode_dead_letter
 from core.intake import Accepted, Duplicate, Intake
 from core.log import LogFull, RecordRejected
-from core.reading import encode_reading
+from core.reading import decode_record, encode_reading
 from core.topics import Route
 from edge.clocksync import ClockProbe
 from edge.metrics import Metrics
@@ -44,12 +44,21 @@ __all__ = ["Message", "Gateway", "LogSink"]
 log = logging.getLogger("tidegate.gateway")
 
 
+class LogRecordLike(Protocol):
+    offset: int
+    payload: bytes
+
+
 class LogSink(Protocol):
     """What the writer needs of the durable log."""
 
     def append(self, stream: str, ts_ms: int, payload: bytes, now_ms: int) -> int: ...
     def maybe_sync(self, now_ms: int) -> bool: ...
     def durable_offset(self, stream: str) -> int: ...
+    def streams(self) -> list[str]: ...
+    def start_offset(self, stream: str) -> int: ...
+    def end_offset(self, stream: str) -> int: ...
+    def read(self, stream: str, offset: int, max_records: int = ...) -> Sequence[LogRecordLike]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +110,11 @@ class Gateway:
         retry_s: float = 0.5,
         intake: Intake | None = None,
         clock_probe: Callable[[], tuple[int, int, bool]] | None = None,
+        remember_records: int = 20_000,
     ) -> None:
         self.log = log_sink
+        self.remember_records = remember_records
+        self.remembered = 0
         self.routes = routes
         self.metrics = metrics
         self.clock = clock
@@ -133,8 +145,33 @@ class Gateway:
                 continue
 
     def start(self) -> None:
+        """Rebuild the dedup windows from the log's tail, then start the writer."""
+        self.remembered = self._remember_tail()
         self._thread = threading.Thread(target=self._run, name="tidegate-writer", daemon=True)
         self._thread.start()
+
+    def _remember_tail(self) -> int:
+        """Feed the last ``remember_records`` readings of each stream to the intake's dedup windows.
+
+        A message the log held before a crash but had not acknowledged comes
+        back from the broker after the restart; with its sample's provenance
+        (or its content) already remembered, it is dropped as a duplicate
+        instead of being appended a second time under a new offset.
+        """
+        count = 0
+        for stream in self.log.streams():
+            if stream.startswith("_"):
+                continue
+            offset = max(self.log.start_offset(stream), self.log.end_offset(stream) - self.remember_records)
+            while records := self.log.read(stream, offset, 1000):
+                for record in records:
+                    reading, provenance = decode_record(record.payload)
+                    self.intake.remember(reading, provenance)
+                count += len(records)
+                offset = records[-1].offset + 1
+        if count:
+            log.info("dedup windows rebuilt from the last %d readings in the log", count)
+        return count
 
     def stop(self) -> None:
         """Write and acknowledge what is queued, then stop the writer."""
@@ -190,9 +227,10 @@ class Gateway:
             return
         if isinstance(result, Accepted):
             appended = 0
-            for reading in result.readings:
+            provenance = result.provenance or (None,) * len(result.readings)
+            for reading, origin in zip(result.readings, provenance):
                 try:
-                    needs[result.stream] = self._append(result.stream, reading.ts_ms, encode_reading(reading))
+                    needs[result.stream] = self._append(result.stream, reading.ts_ms, encode_reading(reading, origin))
                     appended += 1
                 except RecordRejected as exc:
                     # The log's late/early rule refused this reading; it is kept

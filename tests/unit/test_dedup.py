@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import cbor2
@@ -19,6 +18,7 @@ from core.reading import TIME_DEVICE, TIME_MAPPED, Reading, decode_reading
 from core.topics import Route, TopicTemplate
 from edge.gateway import Gateway, Message
 from edge.metrics import Metrics
+from tests.unit.fakes import GatedLog
 
 # -- the windows ----------------------------------------------------------------
 
@@ -187,27 +187,6 @@ def test_unsynced_gateway_time_is_counted_once_the_clock_is_observed() -> None:
 # -- through the writer ---------------------------------------------------------------
 
 
-class GatedLog:
-    """Records become durable only when the test says so."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, list[bytes]] = {}
-        self.durable: dict[str, int] = {}
-        self.allow = threading.Event()
-
-    def append(self, stream: str, ts_ms: int, payload: bytes, now_ms: int) -> int:
-        self.records.setdefault(stream, []).append(payload)
-        return len(self.records[stream]) - 1
-
-    def maybe_sync(self, now_ms: int) -> bool:
-        if self.allow.is_set():
-            self.durable = {s: len(r) for s, r in self.records.items()}
-        return self.allow.is_set()
-
-    def durable_offset(self, stream: str) -> int:
-        return self.durable.get(stream, 0)
-
-
 def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -228,7 +207,7 @@ def test_writer_drops_redeliveries_counts_them_and_acks_only_after_the_first_cop
         wait_for(lambda: metrics.total("tidegate_duplicates_total") == 1)
         time.sleep(0.05)
         assert acked == []  # the first copy is not durable, so neither may be acknowledged
-        log.allow.set()
+        log.allow_sync.set()
         wait_for(lambda: len(acked) == 2)
     finally:
         gateway.stop()
@@ -240,3 +219,29 @@ def test_writer_drops_redeliveries_counts_them_and_acks_only_after_the_first_cop
 def test_time_before_1970_is_a_dead_letter_not_an_append_error() -> None:
     result = Intake(ROUTES).classify("mqtt", "sensors/n1", b'{"m": "t", "ts": -5, "value": 1}', NOW)
     assert isinstance(result, Rejected) and (result.letter.reason, result.letter.raw) == ("bad_time", b'{"m": "t", "ts": -5, "value": 1}')
+
+
+def test_content_dedup_drops_a_repeated_device_timed_reading_only() -> None:
+    intake = Intake(ROUTES)
+    once = b'{"m": "t", "ts": %d, "value": 1.5}' % NOW
+    assert isinstance(intake.classify("mqtt", "sensors/n1", once, NOW), Accepted)
+    assert isinstance(intake.classify("mqtt", "sensors/n1", once, NOW + 5), Duplicate)
+    # a new value at the same time, or the same value at a new time, is a new reading
+    other_value = b'{"m": "t", "ts": %d, "value": 1.6}' % NOW
+    other_time = b'{"m": "t", "ts": %d, "value": 1.5}' % (NOW + 1)
+    assert isinstance(intake.classify("mqtt", "sensors/n1", other_value, NOW), Accepted)
+    assert isinstance(intake.classify("mqtt", "sensors/n1", other_time, NOW), Accepted)
+    # 1 and 1.0 and True are different values
+    assert isinstance(intake.classify("mqtt", "sensors/n1", b'{"m": "b", "ts": 5, "value": 1}', NOW), Accepted)
+    assert isinstance(intake.classify("mqtt", "sensors/n1", b'{"m": "b", "ts": 5, "value": true}', NOW), Accepted)
+    # without a device time nothing identifies a reading: it always passes
+    no_time = b'{"m": "t", "value": 1.5}'
+    assert isinstance(intake.classify("mqtt", "sensors/n1", no_time, NOW), Accepted)
+    assert isinstance(intake.classify("mqtt", "sensors/n1", no_time, NOW), Accepted)
+
+
+def test_content_dedup_can_be_turned_off() -> None:
+    intake = Intake(ROUTES, content_dedup=False)
+    once = b'{"m": "t", "ts": %d, "value": 1.5}' % NOW
+    assert isinstance(intake.classify("mqtt", "sensors/n1", once, NOW), Accepted)
+    assert isinstance(intake.classify("mqtt", "sensors/n1", once, NOW), Accepted)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 from core.deadletter import DEAD_LETTER_STREAM, decode_dead_letter
@@ -10,36 +9,9 @@ from core.reading import decode_reading
 from core.topics import Route, TopicTemplate
 from edge.gateway import Gateway, Message
 from edge.metrics import Metrics
+from tests.unit.fakes import GatedLog
 
 ROUTES = (Route(TopicTemplate("sensors/{device}/{metric}"), "sensors"),)
-
-
-class FakeLog:
-    """A log whose syncs the test controls: records become durable only on sync()."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, list[tuple[int, bytes]]] = {}
-        self.durable: dict[str, int] = {}
-        self.allow_sync = threading.Event()
-        self.syncs = 0
-
-    def append(self, stream: str, ts_ms: int, payload: bytes, now_ms: int) -> int:
-        records = self.records.setdefault(stream, [])
-        records.append((ts_ms, payload))
-        return len(records) - 1
-
-    def maybe_sync(self, now_ms: int) -> bool:
-        if not self.allow_sync.is_set():
-            return False
-        self.sync()
-        return True
-
-    def sync(self) -> None:
-        self.syncs += 1
-        self.durable = {s: len(r) for s, r in self.records.items()}
-
-    def durable_offset(self, stream: str) -> int:
-        return self.durable.get(stream, 0)
 
 
 def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -50,7 +22,7 @@ def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untype
 
 
 def test_acks_wait_for_sync_and_many_messages_share_one_sync() -> None:
-    fake = FakeLog()
+    fake = GatedLog()
     acked: list[int] = []
     gateway = Gateway(fake, ROUTES, Metrics(), clock=lambda: 1000.0)
     gateway.start()
@@ -66,11 +38,11 @@ def test_acks_wait_for_sync_and_many_messages_share_one_sync() -> None:
         assert fake.syncs <= 5
     finally:
         gateway.stop()
-    assert [decode_reading(p).value for _, p in fake.records["sensors"]] == list(range(50))
+    assert [decode_reading(p).value for p in fake.records["sensors"]] == list(range(50))
 
 
 def test_garbage_is_kept_as_a_dead_letter_and_acknowledged_once_durable() -> None:
-    fake = FakeLog()
+    fake = GatedLog()
     fake.allow_sync.set()
     acked: list[str] = []
     metrics = Metrics()
@@ -82,7 +54,7 @@ def test_garbage_is_kept_as_a_dead_letter_and_acknowledged_once_durable() -> Non
         wait_for(lambda: len(acked) == 2)
     finally:
         gateway.stop()
-    letters = [decode_dead_letter(p) for _, p in fake.records[DEAD_LETTER_STREAM]]
+    letters = [decode_dead_letter(p) for p in fake.records[DEAD_LETTER_STREAM]]
     assert [(l.topic, l.raw, l.received_ms) for l in letters] == [("sensors/n1/t", b"\xc1garbage", 2000), ("nowhere", b"{}", 2000)]
     assert metrics.get("tidegate_rejected_total", {"reason": "no_route"}) == 1
     assert metrics.total("tidegate_rejected_total") == 2
@@ -90,7 +62,7 @@ def test_garbage_is_kept_as_a_dead_letter_and_acknowledged_once_durable() -> Non
 
 
 def test_a_failing_log_stops_the_writer_without_acknowledging() -> None:
-    class BrokenLog(FakeLog):
+    class BrokenLog(GatedLog):
         def append(self, stream: str, ts_ms: int, payload: bytes, now_ms: int) -> int:
             raise OSError(5, "Input/output error")
 
@@ -127,3 +99,32 @@ def test_a_reading_the_time_rule_refuses_becomes_a_dead_letter_and_the_writer_go
     (letter,) = [decode_dead_letter(r.payload) for r in real_log.read(DEAD_LETTER_STREAM, 0)]
     assert letter.reason == "early" and letter.raw == pack and "n1/t" in letter.message
     assert metrics.get("tidegate_rejected_total", {"reason": "early"}) == 1
+
+
+def test_after_a_restart_a_redelivered_message_is_not_written_twice() -> None:
+    from core.log import Log, LogConfig
+    from tests.unit.log.memfs import MemFS
+
+    fs = MemFS()
+    now_ms = 1_767_225_600_000
+    numbered = b'{"d": "n1", "s": 7, "ts": %d, "values": {"t": 1.5}}' % now_ms  # firmware-style, seq, no boot
+    plain = b'{"ts": %d, "value": 2.5}' % now_ms  # no seq, device time
+    no_time = b'{"value": 3.5}'  # neither: cannot be told from a new one
+
+    def run(messages: list[bytes]) -> list[str]:
+        acked: list[str] = []
+        gateway = Gateway(Log(fs, LogConfig(sync_policy="always")), ROUTES, Metrics(), clock=lambda: now_ms / 1000)
+        gateway.start()
+        try:
+            for i, payload in enumerate(messages):
+                gateway.submit(Message("mqtt", "sensors/n1/t", payload, now_ms, lambda i=i: acked.append(i)))
+            wait_for(lambda: len(acked) == len(messages))
+        finally:
+            gateway.stop()
+        return acked
+
+    run([numbered, plain, no_time])
+    # The gateway "crashed" before acknowledging; the broker delivers all three again.
+    run([numbered, plain, no_time])
+    values = [decode_reading(r.payload).value for r in Log(fs, LogConfig()).read("sensors", 0)]
+    assert sorted(values) == [1.5, 2.5, 3.5, 3.5]
