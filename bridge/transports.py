@@ -157,7 +157,14 @@ class KafkaTransport:
             raise TransportError(f"Kafka did not take the batch: {errors[0]}")
 
     def close(self) -> None:
+        """Flush, then destroy the producer here and now.
+
+        Left to the garbage collector, librdkafka handles with Python
+        callbacks can be destroyed in another thread, or at interpreter exit,
+        and crash the process (confluent-kafka-python issue 1761).
+        """
         self._producer.flush(5)
+        self._producer.close()
 
 
 def open_upstream(url: str, settings: Mapping[str, str] | None = None) -> Transport:
