@@ -35,6 +35,7 @@ from collections import OrderedDict
 
 from tidegate_node._compat import const
 from tidegate_node._umsgpack import umsgpack
+from tidegate_node.errors import EncodeError
 
 __all__ = [
     "TIME_EPOCH",
@@ -53,10 +54,6 @@ TIME_UPTIME = "up"  # ms since boot, when the clock is not set
 # room for the "su" key added at send time (3 + 9 bytes).
 MAX_SAMPLE = const(1024 - 12)
 _SU_KEY = b"\xa2su"
-
-
-class EncodeError(ValueError):
-    """A sample cannot be encoded (our own misuse: a Local error)."""
 
 
 def encode_sample(device, boot, seq, time_key, time_ms, values, float_precision=None):

@@ -48,6 +48,7 @@ program, spread over the flash by its wear levelling.
 import struct
 
 from tidegate_node._compat import const, load_serial_frame
+from tidegate_node.errors import RingError
 
 __all__ = ["RamStore", "FileStore", "Ring", "RingError", "HEADER_BYTES"]
 
@@ -59,10 +60,6 @@ HEADER_BYTES = const(64)  # two slots
 _RECORD_HEAD = const(4)
 _MAX_RECORD = const(65534)
 _HEADER_FORMAT = ">4sIIIIIIH"  # 30 bytes, then the CRC
-
-
-class RingError(ValueError):
-    """Misuse of the ring: a record that can never fit, or a store too small."""
 
 
 class RamStore:

@@ -9,9 +9,9 @@ tests/firmware/shims, and return plain data. The same module runs:
 * on MicroPython, in one fresh VM per case module, whose results must equal
   the CPython ones after :func:`vmcanon.canon` (floats compared bit for bit).
 
-The VM's file system is laid out as on a board: the package in
-/lib/tidegate_node, ``umsgpack.py`` and ``serial_frame.py`` in /lib, plus the
-shims and the case modules in /lib.
+The VM's file system is laid out exactly as ``tidegate firmware deploy``
+lays out a board (tidegate.firmware_cmd.deploy_plan), plus the shims and the
+case modules in /lib: a module missing from the deploy plan fails here first.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from types import ModuleType
 from typing import Any
 
 from tests.fixtures.micropython import MicroPython
-from tests.fixtures.micropython import umsgpack_dir
+from tidegate.firmware_cmd import deploy_plan
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-FIRMWARE_DIR = REPO / "firmware"
+FIRMWARE_DIR = HERE.parent.parent / "firmware"
 SHIMS_DIR = HERE / "shims"
 CASES_DIR = HERE / "cases"
 
@@ -42,12 +41,12 @@ import vmcanon  # noqa: E402  (from CASES_DIR)
 
 
 def stage_device(root: Path) -> Path:
-    """Lay out a board's file system under ``root``, with the shims and cases in /lib."""
+    """Lay out a board's file system under ``root``: the deploy plan, shims and cases in /lib."""
+    for item in deploy_plan():
+        target = root / item.target.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(item.source, target)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    (root / "lib").mkdir(parents=True, exist_ok=True)
-    shutil.copytree(FIRMWARE_DIR / "tidegate_node", root / "lib" / "tidegate_node", ignore=ignore)
-    shutil.copyfile(umsgpack_dir() / "__init__.py", root / "lib" / "umsgpack.py")
-    shutil.copyfile(REPO / "core" / "serial_frame.py", root / "lib" / "serial_frame.py")
     shutil.copytree(SHIMS_DIR, root / "lib", dirs_exist_ok=True, ignore=ignore)
     shutil.copytree(CASES_DIR, root / "lib", dirs_exist_ok=True, ignore=ignore)
     return root
@@ -104,5 +103,19 @@ class Cases:
         theirs = self.micropython_results[name]
         if isinstance(theirs, dict) and "raised" in theirs:
             raise AssertionError(f"{name} raised on MicroPython:\n{theirs['raised']}")
-        assert json.loads(json.dumps(vmcanon.canon(ours))) == theirs, f"{name}: MicroPython and CPython differ"
+        ours_canon = json.loads(json.dumps(vmcanon.canon(ours)))
+        if ours_canon != theirs:
+            raise AssertionError(f"{name}: MicroPython and CPython differ\n{_first_difference(ours_canon, theirs)}")
         return ours
+
+
+def _first_difference(cpython: Any, micropython: Any, path: str = "") -> str:
+    if isinstance(cpython, dict) and isinstance(micropython, dict):
+        for key in sorted(set(cpython) | set(micropython)):
+            if cpython.get(key) != micropython.get(key):
+                return _first_difference(cpython.get(key), micropython.get(key), f"{path}[{key!r}]")
+    if isinstance(cpython, list) and isinstance(micropython, list) and len(cpython) == len(micropython):
+        for i, (a, b) in enumerate(zip(cpython, micropython)):
+            if a != b:
+                return _first_difference(a, b, f"{path}[{i}]")
+    return f"at {path or 'the top'}: CPython {cpython!r:.300} != MicroPython {micropython!r:.300}"

@@ -18,20 +18,9 @@ the drivers its config names in RAM (and ``tidegate firmware deploy`` only
 copies those).
 """
 
+from tidegate_node.errors import SensorError
+
 __all__ = ["SensorError", "open_sensor"]
-
-
-class SensorError(Exception):
-    """A sensor did not answer, or answered with data that fails its checks.
-
-    Attributes:
-        reason: a short tag for the error counter, e.g. ``"i2c"``, ``"crc"``,
-            ``"chip_id"``, ``"timeout"``, ``"range"``.
-    """
-
-    def __init__(self, message, reason):
-        super().__init__(message)
-        self.reason = reason
 
 
 def open_sensor(spec, hardware):
