@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -259,7 +258,12 @@ def run(args: argparse.Namespace, out: object = None) -> int:
     for item in plan:
         print(f"{item.target:<{width}}  <-  {_display(item.source)}", file=stream)  # type: ignore[arg-type]
     if args.dry_run:
-        print("would run: " + shlex.join(command), file=stream)  # type: ignore[arg-type]
+        script_at = command.index("exec") + 1
+        shown = shlex.join(command[:script_at]) + ' "$PREPARE" ' + shlex.join(command[script_at + 1:])
+        print("would run: " + shown, file=stream)  # type: ignore[arg-type]
+        print("where PREPARE is the script:", file=stream)  # type: ignore[arg-type]
+        for line in command[script_at].splitlines():
+            print("    " + line, file=stream)  # type: ignore[arg-type]
         return 0
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
@@ -271,8 +275,8 @@ def run(args: argparse.Namespace, out: object = None) -> int:
 
 def _display(path: Path) -> str:
     try:
-        return os.path.relpath(path)
-    except ValueError:  # pragma: no cover - another drive on Windows
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
         return str(path)
 
 
