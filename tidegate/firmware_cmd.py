@@ -31,6 +31,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TextIO
 
 __all__ = [
     "DeployError",
@@ -104,9 +105,11 @@ def load_config(path: Path, firmware_dir: Path = FIRMWARE_DIR) -> dict[str, obje
         DeployError: the file cannot be read, is not JSON, or is invalid.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data: object = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DeployError(f"{path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DeployError(f"{path}: a node config must be a JSON object")
     sys.path.insert(0, str(firmware_dir))
     try:
         from tidegate_node import config as node_config
@@ -142,8 +145,8 @@ def deploy_plan(
         groups: list[tuple[str, ...]] = [*_BY_TRANSPORT.values(), *_BY_SENSOR.values()]
     else:
         transport = str(config.get("transport", "mqtt"))
-        sensors = config.get("sensors") or []
-        kinds = sorted({str(s.get("type")) for s in sensors if isinstance(s, dict)})  # type: ignore[union-attr]
+        sensors = config.get("sensors")
+        kinds = sorted({str(s.get("type")) for s in sensors if isinstance(s, dict)}) if isinstance(sensors, list) else []
         groups = [_BY_TRANSPORT[transport], *(_BY_SENSOR[k] for k in kinds)]
     for group in groups:
         modules.extend(m for m in group if m not in modules)
@@ -218,9 +221,9 @@ def _find_mpremote(explicit: str | None) -> list[str]:
     return [sys.executable, "-m", "mpremote"]
 
 
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``firmware deploy`` to the ``tidegate`` subcommands; :func:`run` handles it."""
-    firmware = sub.add_parser(
+    firmware: argparse.ArgumentParser = sub.add_parser(
         "firmware", help="sensor-node firmware: deploy it to a board",
         description="Sensor-node firmware (MicroPython, ESP32 and Pico W).",
     )
@@ -243,7 +246,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     return firmware
 
 
-def run(args: argparse.Namespace, out: object = None) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Carry out a parsed ``tidegate firmware ...`` command; returns the exit status."""
     stream = out if out is not None else sys.stdout
     try:
@@ -256,20 +259,20 @@ def run(args: argparse.Namespace, out: object = None) -> int:
         return 2
     width = max(len(f.target) for f in plan)
     for item in plan:
-        print(f"{item.target:<{width}}  <-  {_display(item.source)}", file=stream)  # type: ignore[arg-type]
+        print(f"{item.target:<{width}}  <-  {_display(item.source)}", file=stream)
     if args.dry_run:
         script_at = command.index("exec") + 1
         shown = shlex.join(command[:script_at]) + ' "$PREPARE" ' + shlex.join(command[script_at + 1:])
-        print("would run: " + shown, file=stream)  # type: ignore[arg-type]
-        print("where PREPARE is the script:", file=stream)  # type: ignore[arg-type]
+        print("would run: " + shown, file=stream)
+        print("where PREPARE is the script:", file=stream)
         for line in command[script_at].splitlines():
-            print("    " + line, file=stream)  # type: ignore[arg-type]
+            print("    " + line, file=stream)
         return 0
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
         print(f"tidegate firmware deploy: mpremote exited with status {completed.returncode}", file=sys.stderr)
         return 1
-    print(f"deployed {len(plan)} files to {args.port}", file=stream)  # type: ignore[arg-type]
+    print(f"deployed {len(plan)} files to {args.port}", file=stream)
     return 0
 
 
