@@ -56,6 +56,7 @@ from tidegate_node.ring import FileStore, RamStore, Ring
 
 __all__ = ["Node", "Hardware", "run", "ring_record", "split_record", "load_state", "save_state"]
 
+MIN_DEEP_SLEEP_MS = 10  # a cycle that overran its period still sleeps (and wakes) on a timer
 _FLAG_UPTIME = 0x01
 _RECORD_PREFIX = 5  # flags u8, boot id low 32 bits
 
@@ -392,6 +393,8 @@ def run(config_path="config.json", time_api=None, max_cycles=None):
         wait = node.cycle()
         cycles += 1
         if battery:
+            # deepsleep(0) would mean "until reset" on the ESP32: always a timed sleep.
+            wait = wait if wait > MIN_DEEP_SLEEP_MS else MIN_DEEP_SLEEP_MS
             transport.close(radio_off=True)
             save_state(config.state_file, node.state(wait))
             ring.close()

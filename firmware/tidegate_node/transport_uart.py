@@ -45,7 +45,8 @@ class UartTransport:
             if stream is None:
                 import sys
 
-                stream = sys.stdout.buffer
+                # The binary side of the console; ports without it take bytes on stdout itself.
+                stream = getattr(sys.stdout, "buffer", sys.stdout)
             self._port = stream
         else:
             if machine is None:

@@ -137,6 +137,13 @@ def test_battery_node_deep_sleeps_and_keeps_boot_and_sequence(cases: Cases) -> N
     assert r["wifi_connects"] == 3  # once every three samples (send_every)
 
 
+def test_a_battery_node_that_overruns_its_period_still_wakes_on_a_timer(cases: Cases) -> None:
+    r = cases.check("case_battery_node_that_overruns_its_period_still_sleeps_on_a_timer")
+
+    assert r["deepsleeps"] and min(r["deepsleeps"]) >= 10  # never deepsleep(0): that is "until reset"
+    assert r["messages"] == 3
+
+
 def test_ntp_sets_the_clock_and_later_samples_carry_device_time(cases: Cases) -> None:
     r = cases.check("case_ntp_sets_the_clock_after_the_first_connect")
     samples = _samples(r["messages"])

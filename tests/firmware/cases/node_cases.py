@@ -105,6 +105,24 @@ def case_battery_node_deep_sleeps_and_keeps_its_identity():
             "wifi_connects": site.air.connects}
 
 
+def case_battery_node_that_overruns_its_period_still_sleeps_on_a_timer():
+    remove("overrun.ring")
+    remove("overrun.json.state")
+    site = Site()
+    site.air.polls_to_connect = 30  # Wi-Fi takes 3 s to associate; the period is 1 s
+    import scratch
+
+    path = site.config("overrun.json", power="battery", ring={"file": scratch.path("overrun.ring")},
+                       sensors=[{"type": "sht31", "period_s": 1}])
+    for _ in range(3):
+        try:
+            main.run(path, site.time)
+        except machine.DeepSleep as sleep:
+            site.board.reset_cause = machine.DEEPSLEEP_RESET
+            site.time.reboot(sleep.args[0])
+    return {"deepsleeps": site.board.deepsleeps, "messages": len(site.broker.messages)}
+
+
 def case_ntp_sets_the_clock_after_the_first_connect():
     site = Site()
     path = site.config("ntp.json", ntp=True, sensors=[{"type": "sht31", "period_s": 60}])
