@@ -33,7 +33,7 @@ from typing import Protocol
 
 from core.deadletter import DEAD_LETTER_STREAM, DeadLetter, encode_dead_letter
 from core.intake import Accepted, Duplicate, Intake
-from core.log import LogFull, RecordRejected
+from core.log import UNSYNCED, LogFull, RecordRejected, Unsynced
 from core.reading import decode_record, encode_reading
 from core.topics import Route
 from edge.clocksync import ClockProbe
@@ -52,7 +52,7 @@ class LogRecordLike(Protocol):
 class LogSink(Protocol):
     """What the writer needs of the durable log."""
 
-    def append(self, stream: str, ts_ms: int, payload: bytes, now_ms: int) -> int: ...
+    def append(self, stream: str, ts_ms: int, payload: bytes, now_ms: int | Unsynced) -> int: ...
     def maybe_sync(self, now_ms: int) -> bool: ...
     def durable_offset(self, stream: str) -> int: ...
     def streams(self) -> list[str]: ...
@@ -133,6 +133,18 @@ class Gateway:
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def _log_now(self) -> int | Unsynced:
+        """The time the log judges late and early records by.
+
+        Until the gateway's clock is synchronised it is no judge: a Pi without
+        a real-time clock boots in 1970 or at its last shutdown, and would call
+        every reading "early". The log then gets ``UNSYNCED`` and applies no
+        time rule (docs/log_format.md).
+        """
+        if self.clock_probe is not None and not self.intake.clock.synced:
+            return UNSYNCED
+        return self.now_ms()
 
     def submit(self, message: Message) -> None:
         """Queue a message; blocks while the queue is full (that is the backpressure)."""
@@ -269,7 +281,7 @@ class Gateway:
     def _append(self, stream: str, ts_ms: int, payload: bytes) -> int:
         while True:
             try:
-                offset = self.log.append(stream, ts_ms, payload, self.now_ms())
+                offset = self.log.append(stream, ts_ms, payload, self._log_now())
             except LogFull as exc:
                 self.metrics.set("tidegate_intake_blocked", 1)
                 log.warning("log refuses new readings, intake paused: %s", exc)

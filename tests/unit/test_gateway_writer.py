@@ -128,3 +128,26 @@ def test_after_a_restart_a_redelivered_message_is_not_written_twice() -> None:
     run([numbered, plain, no_time])
     values = [decode_reading(r.payload).value for r in Log(fs, LogConfig()).read("sensors", 0)]
     assert sorted(values) == [1.5, 2.5, 3.5, 3.5]
+
+
+def test_an_unsynchronised_gateway_clock_does_not_judge_readings_early() -> None:
+    from core.log import Log, LogConfig
+    from tests.unit.log.memfs import MemFS
+
+    device_ms = 1_767_225_600_000  # 2026
+    synced = [False]
+    real_log = Log(MemFS(), LogConfig(sync_policy="always"))
+    acked: list[int] = []
+    # The gateway booted without a real-time clock: it thinks it is 1970.
+    gateway = Gateway(real_log, ROUTES, Metrics(), clock=lambda: 60.0, clock_probe=lambda: (60_000, 60_000, synced[0]))
+    gateway.start()
+    try:
+        gateway.submit(Message("mqtt", "sensors/n1/t", b'{"ts": %d, "value": 1}' % device_ms, 60_000, lambda: acked.append(1)))
+        wait_for(lambda: len(acked) == 1)
+        synced[0] = True  # now the (still 1970) clock claims to be right: the early rule applies again
+        gateway.submit(Message("mqtt", "sensors/n1/t", b'{"ts": %d, "value": 2}' % device_ms, 60_000, lambda: acked.append(2)))
+        wait_for(lambda: len(acked) == 2)
+    finally:
+        gateway.stop()
+    assert [decode_reading(r.payload).value for r in real_log.read("sensors", 0)] == [1]
+    assert [decode_dead_letter(r.payload).reason for r in real_log.read(DEAD_LETTER_STREAM, 0)] == ["early"]
