@@ -36,6 +36,7 @@ from bridge.transports import Transport, open_upstream
 from core.deadletter import DEAD_LETTER_STREAM, decode_dead_letter
 from core.errors import CoreError
 from core.reading import decode_reading
+from edge.errors import BrokerUnavailable
 from edge.gateway import Gateway, Message
 from edge.http import SampleRing, StatusServer
 from edge.logstore import open_log
@@ -52,6 +53,8 @@ __all__ = ["RunConfig", "Service", "DEFAULT_ROUTES", "Telemetry", "setup_logging
 
 log = logging.getLogger("tidegate")
 
+#: Seconds between attempts to reach an MQTT broker that was not there at start.
+BROKER_RETRY_S = 5
 #: Samples kept for the status page's charts: one a second for 15 minutes.
 HISTORY_SAMPLES = 900
 #: Devices kept in the device table; the least recently seen go first.
@@ -67,6 +70,8 @@ def _describe(metrics: Metrics) -> None:
     d("tidegate_uplink_bytes_total", "counter", "Batch bytes acknowledged by the upstream")
     d("tidegate_uplink_failures_total", "counter", "Batches the upstream refused or did not acknowledge")
     d("tidegate_uplink_up", "gauge", "1 while the upstream takes batches, 0 while it refuses them")
+    d("tidegate_log_deleted_windows_total", "counter", "Log windows deleted, by retention or quota")
+    d("tidegate_log_deleted_bytes_total", "counter", "Log bytes deleted, by retention or quota")
     d("tidegate_intake_bytes_total", "counter", "Topic and payload bytes received, per source (what plain bridging would send)")
     d("tidegate_log_bytes", "gauge", "Bytes of the durable log on disk (segments and indexes), per stream")
     d("tidegate_log_bytes_on_disk", "gauge", "Bytes of the durable log on disk, all streams")
@@ -543,17 +548,36 @@ class Service:
             on_broker_dropped=lambda n: self.metrics.set("tidegate_broker_dropped", n),
         )
         self.intake = intake
-        intake.start()
+        try:
+            intake.start()
+        except BrokerUnavailable as exc:
+            # Keep serving (the backlog still drains, the status page answers) and keep trying.
+            log.warning("%s; retrying every %d s", exc, BROKER_RETRY_S)
+            self._spawn(self._connect_later, "tidegate-mqtt-connect")
         for port in self.config.serial:
             serial_intake = SerialIntake(port, self.gateway.submit, self.metrics, clock=self.clock)
             serial_intake.start()
             self.serial_intakes.append(serial_intake)
         self._spawn(self._forward_loop, "tidegate-bridge")
         self._spawn(self._telemetry_loop, "tidegate-telemetry")
+        self._spawn(self._housekeeping_loop, "tidegate-housekeeping")
         if self.config.simulate_sensors:
             self.fleet = Fleet(FleetConfig(mqtt.host, mqtt.port, self.config.simulate_sensors, self.config.simulate_rate))
             self.fleet.start(total=self.config.simulate_count)
         self.notifier.ready(status=f"gateway {self.config.gateway_id} running")
+
+    def _connect_later(self) -> None:
+        """The first connection to the broker failed: try again until it works (paho reconnects after that)."""
+        assert self.intake is not None
+        while not self._stop.wait(BROKER_RETRY_S) and not self._stopping:
+            try:
+                self.intake.start()
+            except BrokerUnavailable as exc:
+                log.debug("still no broker: %s", exc)
+                continue
+            if self._stopping:  # stop() ran while we connected
+                self.intake.stop()
+            return
 
     def _telemetry_loop(self) -> None:
         while not self._stop.wait(1.0 - (time.monotonic() - self.started_mono) % 1.0):
@@ -561,6 +585,30 @@ class Service:
                 self.telemetry.tick()
             except Exception:  # telemetry must never take the gateway down
                 log.exception("telemetry pass failed")
+
+    def _housekeeping_loop(self, interval_s: float = 30.0) -> None:
+        """Retention and quota, every ``interval_s``, from the first second on.
+
+        Retention deletes whole windows that are forwarded and older than the
+        retention age (never unforwarded data; nothing while the clock is
+        unsynchronised); the quota pass frees forwarded windows first, which is
+        also what lets a ``block`` stream take readings again.
+        """
+        wait = 1.0
+        while not self._stop.wait(wait):
+            wait = interval_s
+            try:
+                retained = self.log.enforce_retention(self.gateway.log_now())
+                quota = self.log.enforce_quota()
+            except Exception:  # a failed pass is retried; the log's own errors stop the writer
+                log.exception("retention or quota pass failed")
+                continue
+            for result, kind in ((retained, "retention"), (quota, "quota")):
+                if result.windows:
+                    self.metrics.inc("tidegate_log_deleted_windows_total", result.windows, {"by": kind})
+                    self.metrics.inc("tidegate_log_deleted_bytes_total", result.bytes, {"by": kind})
+                    log.info("%s deleted %d windows (%d bytes, %d readings never forwarded)",
+                             kind, result.windows, result.bytes, result.dropped_records)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

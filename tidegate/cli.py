@@ -944,6 +944,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.DEBUG if args.verbose else logging.WARNING,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+    from bridge.errors import BridgeError
+    from core.errors import CoreError
+    from edge.errors import EdgeError
     from tidegate.config import ConfigError
 
     handlers = {
@@ -966,6 +969,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"tidegate {args.command}: {exc}", file=sys.stderr)
         return 2
+    except (EdgeError, CoreError, BridgeError) as exc:  # a data dir in use, a broken log, a bad upstream
+        print(f"tidegate {args.command}: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"tidegate {args.command}: {exc}", file=sys.stderr)
         return 1
