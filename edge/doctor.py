@@ -270,7 +270,8 @@ def check_kafka(upstream: str, settings: dict[str, str], timeout: float) -> Chec
     try:
         from confluent_kafka.admin import AdminClient  # only here: doctor works without librdkafka otherwise
 
-        config = {"bootstrap.servers": parts.netloc, "socket.timeout.ms": int(timeout * 1000)}
+        config: dict[str, str | int | float | bool] = {"bootstrap.servers": parts.netloc,
+                                                       "socket.timeout.ms": int(timeout * 1000)}
         config.update(settings)
         metadata = AdminClient(config).list_topics(timeout=timeout)
     except ImportError:

@@ -203,7 +203,7 @@ class Telemetry:
         svc = self.service
         m = svc.metrics
         with self._lock:
-            stats = svc.log.stats()
+            stats: dict[str, Any] = svc.log.stats()
             self._stats = stats
             now_ms = int(svc.clock() * 1000)
             for name, st in stats["streams"].items():

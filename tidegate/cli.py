@@ -172,8 +172,9 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _sub(sub: Any, name: str, help_text: str, description: str, epilog: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=description, epilog=epilog,
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description, epilog=epilog,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,7 +310,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     from tidegate.config import ConfigError, HttpConfig, LoggingConfig, load_config
 
     config = load_config(args.config)
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     try:
         if args.data_dir is not None:
             changes["data_dir"] = args.data_dir
@@ -323,7 +324,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             changes["start_broker"] = True
         if args.mqtt is not None:
             changes["mqtt"] = replace(config.mqtt, host=args.mqtt[0], port=args.mqtt[1])
-        log_changes: dict[str, object] = {}
+        log_changes: dict[str, Any] = {}
         if args.sync is not None:
             log_changes["sync_policy"] = args.sync
         if args.window is not None:
@@ -337,7 +338,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         if args.log_format is not None:
             changes["logging"] = LoggingConfig(level=config.logging.level, format=args.log_format)
         if args.verbose:
-            changes["logging"] = replace(changes.get("logging", config.logging), level="debug")  # type: ignore[arg-type]
+            changes["logging"] = replace(changes.get("logging", config.logging), level="debug")
         changes["simulate_sensors"] = args.simulate
         changes["simulate_rate"] = args.simulate_rate
         changes["simulate_count"] = args.simulate_count
@@ -402,7 +403,7 @@ def _human_age(seconds: float) -> str:
 
 def _status_url(args: argparse.Namespace) -> str:
     if args.url:
-        return args.url.rstrip("/")
+        return str(args.url).rstrip("/")
     port = 9880
     if args.config is not None:
         from tidegate.config import load_config
@@ -553,7 +554,7 @@ def open_log_read_only(data_dir: Path, config: LogConfig | None = None) -> tuple
         raise FileNotFoundError(f"no log in {data_dir} (expected {log_dir}); is --data-dir or --config right?")
     fs = ReadOnlyFileSystem(log_dir)
     try:
-        log = Log(fs, config, reporter=lambda damage: None)  # type: ignore[arg-type]
+        log = Log(fs, config, reporter=lambda damage: None)
     except BaseException:
         fs.close()
         raise

@@ -493,6 +493,6 @@ def _plain(value: Any, secret: bool = False) -> Any:
 
 def describe(config: RunConfig) -> dict[str, Any]:
     """The effective configuration as plain data, with every secret shown as ``***``."""
-    out = _plain(config)
+    out: dict[str, Any] = _plain(config)
     out["upstream_settings"] = {k: "***" if _secret_setting(k) else v for k, v in config.upstream_settings.items()}
     return out
