@@ -134,7 +134,7 @@ class Gateway:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _log_now(self) -> int | Unsynced:
+    def log_now(self) -> int | Unsynced:
         """The time the log judges late and early records by.
 
         Until the gateway's clock is synchronised it is no judge: a Pi without
@@ -281,7 +281,7 @@ class Gateway:
     def _append(self, stream: str, ts_ms: int, payload: bytes) -> int:
         while True:
             try:
-                offset = self.log.append(stream, ts_ms, payload, self._log_now())
+                offset = self.log.append(stream, ts_ms, payload, self.log_now())
             except LogFull as exc:
                 self.metrics.set("tidegate_intake_blocked", 1)
                 log.warning("log refuses new readings, intake paused: %s", exc)

@@ -586,8 +586,11 @@ class Service:
             except Exception:  # telemetry must never take the gateway down
                 log.exception("telemetry pass failed")
 
-    def _housekeeping_loop(self, interval_s: float = 30.0) -> None:
-        """Retention and quota, every ``interval_s``, from the first second on.
+    #: seconds between retention and quota passes
+    housekeeping_interval_s = 30.0
+
+    def _housekeeping_loop(self) -> None:
+        """Retention and quota, every ``housekeeping_interval_s``, from the first second on.
 
         Retention deletes whole windows that are forwarded and older than the
         retention age (never unforwarded data; nothing while the clock is
@@ -596,7 +599,7 @@ class Service:
         """
         wait = 1.0
         while not self._stop.wait(wait):
-            wait = interval_s
+            wait = self.housekeeping_interval_s
             try:
                 retained = self.log.enforce_retention(self.gateway.log_now())
                 quota = self.log.enforce_quota()
