@@ -295,7 +295,7 @@ class Gateway:
     def _release_durable(self) -> None:
         if not self._pending:
             return
-        self.log.maybe_sync(self.now_ms())
+        self.log.maybe_sync(int(time.monotonic() * 1000))  # group commit runs on the monotonic clock: wall-clock steps must not stall it
         durable: dict[str, int] = {}
         still_pending = []
         for message, needs in self._pending:

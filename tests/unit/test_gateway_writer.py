@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from core.deadletter import DEAD_LETTER_STREAM, decode_dead_letter
@@ -151,3 +152,49 @@ def test_an_unsynchronised_gateway_clock_does_not_judge_readings_early() -> None
         gateway.stop()
     assert [decode_reading(r.payload).value for r in real_log.read("sensors", 0)] == [1]
     assert [decode_dead_letter(r.payload).reason for r in real_log.read(DEAD_LETTER_STREAM, 0)] == ["early"]
+
+
+def test_a_full_quota_pauses_acknowledgements_and_intake_resumes_when_space_returns() -> None:
+    from core.log import Log, LogConfig
+    from tests.unit.log.memfs import MemFS
+
+    hour = 3_600_000
+    now_ms = 1_767_225_600_000 + 24 * hour
+    real_log = Log(MemFS(), LogConfig(sync_policy="interval", quota_bytes=1 << 20, quota_policy="block"))
+    acked: list[int] = []
+    metrics = Metrics()
+    gateway = Gateway(real_log, ROUTES, metrics, clock=lambda: now_ms / 1000, retry_s=0.02)
+    gateway.start()
+    filler = "x" * 200
+    try:
+        # Packs of 50 readings spread over the past twenty hours, until the 1 MiB quota is reached.
+        for i in range(400):
+            ts = now_ms - (20 - i // 20) * hour + (i % 20) * 50  # every reading a time of its own
+            pack = "[" + ",".join('{"ts": %d, "value": "%s"}' % (ts + k, filler) for k in range(50)) + "]"
+            gateway.submit(Message("mqtt", "sensors/n1/t", pack.encode(), now_ms, lambda i=i: acked.append(i)))
+            if metrics.get("tidegate_intake_blocked") == 1:
+                break
+        wait_for(lambda: metrics.get("tidegate_intake_blocked") == 1)
+        stalled = len(acked)
+        time.sleep(0.2)
+        assert len(acked) == stalled  # blocked: nothing more is acknowledged
+        assert 0 < stalled < 400
+        # The uplink returns: a stand-in bridge keeps forwarding what is written,
+        # and forwarded windows may be deleted to make room.
+        forwarding = threading.Event()
+
+        def forward() -> None:
+            while not forwarding.wait(0.02):
+                real_log.store_cursor("bridge", "sensors", real_log.durable_offset("sensors"))
+
+        bridge = threading.Thread(target=forward)
+        bridge.start()
+        try:
+            wait_for(lambda: metrics.get("tidegate_intake_blocked") == 0)
+            wait_for(lambda: len(acked) == i + 1, timeout=20)
+        finally:
+            forwarding.set()
+            bridge.join()
+    finally:
+        gateway.stop()
+    assert sorted(acked) == list(range(i + 1))
