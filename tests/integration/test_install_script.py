@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -265,6 +266,10 @@ def _base_tarball(arch: str, mirror: str) -> Path:
     return tarball
 
 
+_PASSED_THROUGH = {"PIP_CERT", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_DEFAULT_TIMEOUT", "REQUESTS_CA_BUNDLE",
+                   "SSL_CERT_FILE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
+
+
 class Chroot:
     """A throw-away Debian root with /proc, /sys and /dev mounted, and shared download caches."""
 
@@ -283,6 +288,8 @@ class Chroot:
     def run(self, *command: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
                "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+        # This machine's way out to the mirrors and PyPI (a proxy, a CA bundle) applies inside too.
+        env.update({k: v for k, v in os.environ.items() if k in _PASSED_THROUGH})
         return subprocess.run(["chroot", str(self.root), *command], capture_output=True, text=True, env=env,
                               timeout=timeout, check=False)
 
@@ -297,13 +304,40 @@ class Chroot:
                 _run("umount", "-l", str(path))
         self.mounts.clear()
 
+    def still_mounted(self) -> list[str]:
+        prefix = str(self.root) + "/"
+        return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                if line.split()[1].startswith(prefix)]
+
+
+def _private_dev(chroot: Chroot) -> None:
+    """A /dev of its own (tmpfs with the usual nodes, a new devpts), never the host's.
+
+    Binding the host's /dev would be simpler, but then anything that deletes
+    the root while it is mounted would delete the host's device nodes.
+    """
+    chroot.mount("-t", "tmpfs", "-o", "mode=755,size=1m", "tmpfs", target="/dev")
+    dev = chroot.root / "dev"
+    for name, major, minor in (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
+                               ("tty", 5, 0)):
+        os.mknod(dev / name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(dev / name, 0o666)
+    (dev / "shm").mkdir(mode=0o1777)
+    chroot.mount("-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=620", "devpts", target="/dev/pts")
+    (dev / "ptmx").symlink_to("pts/ptmx")
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        (dev / name).symlink_to(target)
+
 
 @contextmanager
-def debian_root(tmp_path: Path, arch: str) -> Iterator[Chroot]:
+def debian_root(arch: str) -> Iterator[Chroot]:
     mirror = _mirror()
     tarball = _base_tarball(arch, mirror)
-    root = tmp_path / "root"
-    root.mkdir()
+    # Outside pytest's temporary directories, which pytest deletes on its own schedule.
+    root = CACHE / "roots" / f"{os.getpid()}-{arch}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
     done = _run("tar", "-C", str(root), "--numeric-owner", "-xpf", str(tarball))
     assert done.returncode == 0, done.stderr
     chroot = Chroot(root, arch)
@@ -313,17 +347,26 @@ def debian_root(tmp_path: Path, arch: str) -> Iterator[Chroot]:
         policy = root / "usr" / "sbin" / "policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
+        # Certificate authorities this machine added for its network (a TLS proxy):
+        # without them pip in the root cannot reach PyPI from here.
+        extra_cas = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+        (root / "usr/local/share/ca-certificates").mkdir(parents=True, exist_ok=True)
+        for ca in extra_cas:
+            shutil.copyfile(ca, root / "usr/local/share/ca-certificates" / ca.name)
         chroot.mount("-t", "proc", "proc", target="/proc")
-        chroot.mount("-t", "sysfs", "sysfs", target="/sys")
-        chroot.mount("--bind", "/dev", target="/dev")
-        chroot.mount("--bind", "/dev/pts", target="/dev/pts")
+        chroot.mount("-t", "sysfs", "-o", "ro", "sysfs", target="/sys")
+        _private_dev(chroot)
         for name, inside in (("apt", "/var/cache/apt/archives"), ("pip", "/root/.cache/pip")):
             cache = CACHE / f"{name}-{SUITE}-{arch}"
             (cache / "partial" if name == "apt" else cache).mkdir(parents=True, exist_ok=True)
             chroot.mount("--bind", str(cache), target=inside)
+        if extra_cas:
+            chroot.check("update-ca-certificates")
         yield chroot
     finally:
         chroot.unmount_all()
+        left = chroot.still_mounted()
+        assert not left, f"could not unmount {left}; not deleting {root}"
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -345,13 +388,13 @@ def _copy_source(destination: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.long
 @pytest.mark.timeout(3600)
-def test_install_script_sets_up_a_gateway_in_a_clean_debian_root(tmp_path: Path) -> None:
+def test_install_script_sets_up_a_gateway_in_a_clean_debian_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for chroot and mounts")
     _need("debootstrap")
     arch = "arm64" if _arm64_ready() else _host_arch()
 
-    with debian_root(tmp_path, arch) as debian:
+    with debian_root(arch) as debian:
         _copy_source(debian.root / "usr" / "src" / "tidegate")
         assert debian.check("dpkg", "--print-architecture").strip() == arch
 
