@@ -456,6 +456,7 @@ class Service:
         self.notifier = Notifier()
         self.http: StatusServer | None = None
         self._stopping = False
+        self._mqtt_connected = threading.Event()
         self.broker: Mosquitto | None = None
         self.fleet: Fleet | None = None
         self._stop = threading.Event()
@@ -504,6 +505,7 @@ class Service:
         self.metrics.inc("tidegate_mqtt_events_total", labels={"event": event})
         if event == "connected":
             self.metrics.set("tidegate_mqtt_connected", 1)
+            self._mqtt_connected.set()
             log.info("connected to MQTT broker %s:%d", self.config.mqtt.host, self.config.mqtt.port)
         elif event in ("disconnected", "refused"):
             if self.metrics.get("tidegate_mqtt_connected") and not self._stopping:
@@ -562,6 +564,10 @@ class Service:
         self._spawn(self._telemetry_loop, "tidegate-telemetry")
         self._spawn(self._housekeeping_loop, "tidegate-housekeeping")
         if self.config.simulate_sensors:
+            # On a fresh broker nothing holds our subscription yet: a sample published before it
+            # is in place would go to nobody. Let the intake connect and subscribe first.
+            if self._mqtt_connected.wait(10):
+                time.sleep(0.3)
             self.fleet = Fleet(FleetConfig(mqtt.host, mqtt.port, self.config.simulate_sensors, self.config.simulate_rate))
             self.fleet.start(total=self.config.simulate_count)
         self.notifier.ready(status=f"gateway {self.config.gateway_id} running")
