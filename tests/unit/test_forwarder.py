@@ -1,0 +1,238 @@
+"""The forwarder over the real log on an in-memory file system, an in-memory upstream and a fake clock.
+
+Each test states one rule of bridge/forwarder.py: the cursor moves only after
+the upstream acknowledged a batch; a failed send is repeated with the same
+reading ids; a batch never spans two time windows; only durable records leave
+the gateway. The central side's expander is the paired decoder.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.central import Expander, decode_reading_value
+from bridge.errors import TransportError
+from bridge.forwarder import CURSOR_NAME, Forwarder
+from bridge.transports import MemoryTransport
+from core.batch import BatchHeader, decode_batch
+from core.batching import BatchPolicy
+from core.deadletter import DEAD_LETTER_STREAM
+from core.log import Log, LogConfig, LogIOError
+from core.reading import Reading, encode_reading
+from tests.unit.log.memfs import MemFS
+
+T0 = 1_704_067_200_000  # 2024-01-01T00:00Z, on a window boundary
+MINUTE = 60_000
+
+
+class Gateway:
+    """A log on a MemFS, and the readings appended to it, with a fake clock in ms."""
+
+    def __init__(self, fs: MemFS | None = None, config: LogConfig | None = None) -> None:
+        self.fs = fs or MemFS()
+        self.config = config or LogConfig(window_ms=MINUTE, sync_policy="interval")
+        self.log = Log(self.fs, self.config)
+        self.now = T0
+
+    def reopen(self) -> Gateway:
+        """The process died (kill -9: the file system keeps everything) and came back."""
+        return Gateway(self.fs, self.config)
+
+    def ingest(self, ts_ms: int, stream: str = "sensors", device: str = "node-1", value: float = 21.5,
+               sync: bool = True) -> int:
+        reading = Reading(device, "temp_c", ts_ms, value, self.now)
+        offset = self.log.append(stream, ts_ms, encode_reading(reading), self.now)
+        if sync:
+            self.log.sync()
+        return offset
+
+    def forwarder(self, transport: object, policy: BatchPolicy | None = None) -> Forwarder:
+        return Forwarder(self.log, transport, "gw-1", MINUTE, policy or BatchPolicy(max_readings=100, linger_ms=0))  # type: ignore[arg-type]
+
+
+def offsets(sent: list[tuple[bytes, BatchHeader]]) -> list[tuple[int, int]]:
+    return [(h.first_offset, h.last_offset) for _, h in sent]
+
+
+class CursorWatchingTransport(MemoryTransport):
+    """Records the stored cursor at the moment each batch is handed over."""
+
+    def __init__(self, log: Log) -> None:
+        super().__init__()
+        self.log = log
+        self.cursor_at_send: list[int] = []
+
+    def send(self, batch: bytes, header: BatchHeader) -> None:
+        self.cursor_at_send.append(self.log.load_cursor(CURSOR_NAME, header.stream))
+        super().send(batch, header)
+
+
+def test_the_cursor_moves_only_after_the_upstream_acknowledged() -> None:
+    gw = Gateway()
+    for i in range(250):
+        gw.ingest(T0 + i * 100)
+    transport = CursorWatchingTransport(gw.log)
+    result = gw.forwarder(transport).forward_once(gw.now)
+    assert (result.batches, result.readings) == (3, 250)
+    assert offsets(transport.sent) == [(0, 99), (100, 199), (200, 249)]
+    assert transport.cursor_at_send == [0, 100, 200]  # each batch went out before its cursor was stored
+    assert gw.log.load_cursor(CURSOR_NAME, "sensors") == 250
+
+
+def test_a_refused_batch_is_sent_again_with_the_same_offsets_and_bytes() -> None:
+    gw = Gateway()
+    for i in range(150):
+        gw.ingest(T0 + i * 100)
+    transport = MemoryTransport()
+    forwarder = gw.forwarder(transport)
+    forwarder.forward_once(gw.now)  # 0..99 and 100..149 acknowledged
+    for i in range(150, 180):
+        gw.ingest(T0 + i * 100)
+    transport.fail_next = 3
+    for _ in range(3):
+        result = forwarder.forward_once(gw.now)
+        assert result.failed and result.batches == 0
+        assert gw.log.load_cursor(CURSOR_NAME, "sensors") == 150
+    result = forwarder.forward_once(gw.now)
+    assert not result.failed
+    assert offsets(transport.sent) == [(0, 99), (100, 149), (150, 179)]
+
+
+def test_a_crash_between_acknowledgement_and_cursor_store_resends_the_same_readings() -> None:
+    gw = Gateway()
+    for i in range(50):
+        gw.ingest(T0 + i * 100)
+    transport = MemoryTransport()
+    gw.fs.fail("rename")  # the cursor file's rename: the last step of store_cursor
+    with pytest.raises(LogIOError):
+        gw.forwarder(transport).forward_once(gw.now)
+    assert offsets(transport.sent) == [(0, 49)]
+
+    again = gw.reopen()
+    assert again.log.load_cursor(CURSOR_NAME, "sensors") == 0
+    again.forwarder(transport).forward_once(again.now)
+    assert offsets(transport.sent) == [(0, 49), (0, 49)]
+    assert transport.sent[0][0] == transport.sent[1][0]  # byte for byte: same ids, same readings
+    # The central side keeps one copy.
+    expander = Expander()
+    first = expander.expand(transport.sent[0][0])
+    expander.commit()
+    assert len(first.records) == 50
+    assert expander.expand(transport.sent[1][0]).records == ()
+
+
+def test_batches_never_span_two_windows() -> None:
+    gw = Gateway()
+    for i in range(300):  # 1.5 s apart: 40 readings per one-minute window, 8 windows
+        gw.ingest(T0 + i * 1500)
+    transport = MemoryTransport()
+    gw.forwarder(transport).forward_once(gw.now + 10 * MINUTE)
+    assert sum(h.count for _, h in transport.sent) == 300
+    for data, header in transport.sent:
+        batch = decode_batch(data)
+        assert all(header.window.contains(e.reading.ts_ms) for e in batch.entries)
+    assert [h.window.start_ms for _, h in transport.sent] == [T0 + k * MINUTE for k in range(8)]
+
+
+def test_late_data_goes_in_a_batch_of_its_own_old_window_in_offset_order() -> None:
+    gw = Gateway()
+    gw.now = T0 + 3 * MINUTE
+    for i in range(5):
+        gw.ingest(T0 + 2 * MINUTE + i * 1000)  # window 2: offsets 0..4
+    gw.ingest(T0 + 10_000)                     # late, window 0: offset 5
+    gw.ingest(T0 + 2 * MINUTE + 9000)          # window 2 again: offset 6
+    transport = MemoryTransport()
+    gw.forwarder(transport).forward_once(gw.now)
+    assert [(h.window.start_ms, h.first_offset, h.last_offset) for _, h in transport.sent] == [
+        (T0 + 2 * MINUTE, 0, 4),
+        (T0, 5, 5),
+        (T0 + 2 * MINUTE, 6, 6),
+    ]
+    assert decode_batch(transport.sent[1][0]).entries[0].reading.ts_ms == T0 + 10_000
+
+
+def test_a_run_waits_for_its_linger_then_goes() -> None:
+    gw = Gateway()
+    for i in range(10):
+        gw.ingest(T0 + i * 100)  # received at gw.now == T0
+    transport = MemoryTransport()
+    forwarder = gw.forwarder(transport, BatchPolicy(max_readings=100, linger_ms=500))
+    assert forwarder.forward_once(T0 + 499).batches == 0
+    assert forwarder.forward_once(T0 + 500).batches == 1
+    assert offsets(transport.sent) == [(0, 9)]
+
+
+def test_a_full_batch_goes_at_once() -> None:
+    gw = Gateway()
+    for i in range(120):
+        gw.ingest(T0 + i * 100)
+    transport = MemoryTransport()
+    gw.forwarder(transport, BatchPolicy(max_readings=100, linger_ms=60_000)).forward_once(T0)
+    assert offsets(transport.sent) == [(0, 99)]  # the other 20 linger
+
+
+def test_only_durable_records_leave_the_gateway() -> None:
+    gw = Gateway()
+    for i in range(10):
+        gw.ingest(T0 + i * 100, sync=False)
+    transport = MemoryTransport()
+    forwarder = gw.forwarder(transport)
+    assert forwarder.forward_once(T0 + MINUTE).batches == 0
+    gw.log.sync()
+    assert forwarder.forward_once(T0 + MINUTE).readings == 10
+
+
+def test_dead_letters_stay_on_the_gateway() -> None:
+    gw = Gateway()
+    gw.log.append(DEAD_LETTER_STREAM, T0, b"garbage", T0)
+    gw.ingest(T0)
+    transport = MemoryTransport()
+    gw.forwarder(transport).forward_once(T0)
+    assert {h.stream for _, h in transport.sent} == {"sensors"}
+
+
+def test_streams_are_forwarded_independently() -> None:
+    gw = Gateway()
+    for i in range(30):
+        gw.ingest(T0 + i * 100, stream="sensors")
+        gw.ingest(T0 + i * 100, stream="alarms")
+    transport = MemoryTransport()
+    gw.forwarder(transport).forward_once(T0)
+    assert sorted((h.stream, h.first_offset, h.last_offset) for _, h in transport.sent) == [
+        ("alarms", 0, 29), ("sensors", 0, 29),
+    ]
+
+
+def test_what_the_gateway_sends_the_central_side_reads_back_exactly() -> None:
+    gw = Gateway()
+    readings = []
+    for i in range(200):
+        reading = Reading(f"node-{i % 7}", ("temp_c", "rh_pct")[i % 2], T0 + i * 250, round(20 + i * 0.01, 2), T0)
+        gw.log.append("sensors", reading.ts_ms, encode_reading(reading), T0)
+        readings.append(reading)
+    gw.log.sync()
+    transport = MemoryTransport()
+    gw.forwarder(transport).forward_once(T0 + MINUTE)
+    expander = Expander()
+    docs = [decode_reading_value(r.value) for data, _ in transport.sent for r in expander.expand(data).records]
+    assert [d["offset"] for d in docs] == list(range(200))
+    assert [(d["device"], d["metric"], d["ts_ms"], d["value"], d["received_ms"]) for d in docs] == [
+        (r.device, r.metric, r.ts_ms, r.value, r.received_ms) for r in readings
+    ]
+
+
+def test_an_upstream_error_mid_stream_keeps_earlier_acknowledged_batches() -> None:
+    gw = Gateway()
+    for i in range(250):
+        gw.ingest(T0 + i * 100)
+
+    class FailsThirdSend(MemoryTransport):
+        def send(self, batch: bytes, header: BatchHeader) -> None:
+            if len(self.sent) == 2:
+                raise TransportError("link dropped")
+            super().send(batch, header)
+
+    transport = FailsThirdSend()
+    result = gw.forwarder(transport).forward_once(gw.now)
+    assert result.failed and result.batches == 2
+    assert gw.log.load_cursor(CURSOR_NAME, "sensors") == 200
