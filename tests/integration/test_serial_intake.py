@@ -20,6 +20,7 @@ from core.topics import Route, TopicTemplate
 from edge.gateway import Gateway, Message
 from edge.metrics import Metrics
 from edge.serial_intake import SerialConfig, SerialIntake
+from tests.unit.fakes import GatedLog
 
 pytestmark = pytest.mark.serial
 
@@ -151,23 +152,9 @@ def test_port_missing_at_start_is_opened_when_it_appears(link: Path) -> None:
         intake.stop()
 
 
-class FakeLog:
-    def __init__(self) -> None:
-        self.records: dict[str, list[bytes]] = {}
-
-    def append(self, stream: str, ts_ms: int, payload: bytes, now_ms: int) -> int:
-        self.records.setdefault(stream, []).append(payload)
-        return len(self.records[stream]) - 1
-
-    def maybe_sync(self, now_ms: int) -> bool:
-        return True
-
-    def durable_offset(self, stream: str) -> int:
-        return len(self.records.get(stream, []))
-
-
 def test_through_the_gateway_good_frames_are_readings_and_bad_ones_dead_letters(link: Path) -> None:
-    log = FakeLog()
+    log = GatedLog()
+    log.allow_sync.set()
     metrics = Metrics()
     gateway = Gateway(log, (Route(TopicTemplate(str(link)), "sensors"),), metrics)
     gateway.start()
