@@ -1,0 +1,419 @@
+"""The never-killed side of the fault tests: publishers, processes under test, and the count at the end.
+
+Every fault scenario ends with one equation, counted here and never by the
+processes being killed:
+
+    readings the broker accepted (PUBACK) from the publishers
+        == readings in the upstream (the central readings topic, read_committed,
+           or a spool directory for the gateway-only test)
+         + readings dropped by a quota (the log's durable ``dropped_by_quota`` count)
+         + readings kept as dead letters (only the clock scenario has any)
+
+with no reading upstream twice, under the same id or under two ids.
+
+A reading is named by its content, ``(device, metric, device time)``, which the
+publisher makes unique; so a reading the gateway wrote twice under two offsets
+shows as a duplicate even though its ids differ.
+
+A message the publisher sent but whose PUBACK it never saw (the broker went
+away mid-flight) may or may not arrive upstream; it is not in ``accepted``,
+and it may appear upstream once ("extra") but never twice.
+
+Set ``TIDEGATE_FAULT_RESULTS=<file>`` to have each :class:`Tally` appended to
+that file as a JSON line (docs/reliability.md is made from such a file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge.central import decode_reading_value
+from core.batch import decode_batch
+from core.deadletter import DEAD_LETTER_STREAM, decode_dead_letter
+
+__all__ = [
+    "ROOT",
+    "T0",
+    "Key",
+    "Publisher",
+    "Central",
+    "Tally",
+    "start_gateway",
+    "stop_process",
+    "wait_for_session",
+    "upstream_readings",
+    "read_committed",
+    "log_counts",
+    "tail",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, the publishers' first device time
+
+Key = tuple[str, str, int]  # (device, metric, device time in ms)
+
+
+class Publisher:
+    """Publishes readings with QoS 1 and remembers those the broker acknowledged.
+
+    Half the messages are plain JSON readings with device time and no sequence
+    number; the other half are firmware-style samples with boot id and sequence
+    number. Every reading is unique by (device, metric, ts): message ``i`` has
+    device time ``t0 + i * step_ms``.
+
+    paho's network thread reconnects by itself when the broker goes away; a
+    message published while disconnected, or in flight when the connection
+    broke, counts only if a PUBACK for it arrives later.
+
+    Args:
+        port: the broker's port on 127.0.0.1.
+        rate_hz: messages per second.
+        client_id: MQTT client id (several publishers need distinct ones).
+        t0: device time of message 0, in ms.
+        step_ms: device time between consecutive messages.
+    """
+
+    def __init__(self, port: int, rate_hz: float, client_id: str = "fault-publisher", t0: int = T0,
+                 step_ms: int = 10) -> None:
+        self.accepted: set[Key] = set()
+        self.rate_hz = rate_hz
+        self.t0, self.step_ms = t0, step_ms
+        self.sent = 0
+        self._pending: dict[int, list[Key]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        client.max_inflight_messages_set(100)
+        client.reconnect_delay_set(0.1, 1)
+        client.on_publish = self._on_publish
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        self._client = client
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _on_publish(self, client: object, userdata: object, mid: int, reason: object, properties: object) -> None:
+        with self._lock:
+            for key in self._pending.pop(mid, []):
+                self.accepted.add(key)
+
+    @property
+    def acked(self) -> int:
+        with self._lock:
+            return len(self.accepted)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            if self._paused.is_set():
+                time.sleep(0.05)
+                continue
+            ts = self.t0 + i * self.step_ms
+            if i % 2:
+                device, metric = f"plain-{i % 7}", "temp_c"
+                payload = json.dumps({"d": device, "m": metric, "ts": ts, "value": round(20 + (i % 50) / 10, 1)})
+                keys = [(device, metric, ts)]
+            else:
+                device = f"node-{i % 5}"
+                payload = json.dumps({"d": device, "b": 77, "s": i // 2, "ts": ts, "values": {"t": i, "rh": i % 90}})
+                keys = [(device, "t", ts), (device, "rh", ts)]
+            with self._lock:
+                info = self._client.publish("sensors/x", payload.encode(), qos=1)
+                self._pending[info.mid] = keys
+            self.sent += 1
+            i += 1
+            time.sleep(1 / self.rate_hz)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def pause(self) -> None:
+        """Stop publishing for a while (the device time of the next message is unaffected)."""
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
+
+    def stop(self, settle_s: float = 20.0) -> None:
+        """Stop publishing and wait up to ``settle_s`` for the outstanding PUBACKs."""
+        self._stop.set()
+        self._thread.join()
+        deadline = time.monotonic() + settle_s
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def start_gateway(port: int, data_dir: Path, upstream: Path | str, gateway_id: str = "gw-fault",
+                  extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """Start ``tidegate run`` as a process of its own; stderr is appended to ``<data_dir>/../gateway.err``.
+
+    Args:
+        upstream: a spool directory, or an upstream address (``kafka://HOST:PORT/TOPIC``).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    address = f"spool:{upstream}" if isinstance(upstream, Path) else upstream
+    with open(data_dir.parent / "gateway.err", "ab") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tidegate", "run", "--mqtt", f"127.0.0.1:{port}", "--upstream", address,
+             "--data-dir", str(data_dir), "--quiet", "--no-http", "--gateway-id", gateway_id, *extra],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if it does not exit within ``timeout``."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_for_session(port: int, timeout: float = 20.0) -> None:
+    """Wait until the gateway has subscribed once, so the broker queues for its session.
+
+    Mosquitto only queues for a session once the gateway has connected and
+    subscribed at least once; on a site that happens at install time. Here we
+    wait for the gateway's client to show in $SYS before the publisher starts.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["mosquitto_sub", "-p", str(port), "-t", "$SYS/broker/subscriptions/count", "-C", "1", "-W", "3"],
+            capture_output=True, text=True,
+        ).stdout.strip()
+        if out.isdigit() and int(out) >= 2:  # the gateway's sensors/# and its $SYS drop counter
+            return
+        time.sleep(0.2)
+    raise AssertionError("the gateway never subscribed")
+
+
+def upstream_readings(spool: Path) -> Counter[Key]:
+    """Readings in a spool directory, a batch resent under the same ids counted once (as the expander does)."""
+    by_id: dict[tuple[str, str, int], Key] = {}
+    for path in spool.glob("*.tgb"):
+        batch = decode_batch(path.read_bytes())
+        for entry in batch.entries:
+            r = entry.reading
+            by_id[(batch.header.gateway, batch.header.stream, entry.offset)] = (r.device, r.metric, r.ts_ms)
+    return Counter(by_id.values())
+
+
+def read_committed(bootstrap: str, topic: str, timeout: float = 60.0) -> list[dict[str, object]]:
+    """Every committed record of ``topic`` up to its end, decoded (docs/readings_topic.md)."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"fault-check-{uuid.uuid4().hex[:8]}",
+        "isolation.level": "read_committed", "enable.partition.eof": True, "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+    })
+    try:
+        partitions = len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        out: list[dict[str, object]] = []
+        at_end: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(at_end) < partitions and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                error = message.error()
+                if error:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(message.partition())
+                        continue
+                    raise KafkaException(error)
+                at_end.discard(message.partition())
+                out.append(decode_reading_value(message.value()))
+    finally:
+        consumer.close()
+    if len(at_end) < partitions:
+        raise AssertionError(f"{topic} not read to its end in {timeout:.0f} s")
+    return out
+
+
+def log_counts(data_dir: Path) -> tuple[int, set[Key]]:
+    """Open the (stopped) gateway's log: readings dropped by quota, and the readings kept as dead letters.
+
+    Dead letters name the reading they refused in their message
+    (``reading DEVICE/METRIC at TS: ...``); whole messages refused name none and
+    are not readings of ours.
+    """
+    from edge.logstore import open_log  # the gateway must be stopped: the log locks its directory
+
+    log = open_log(data_dir / "log", background=False)
+    try:
+        stats = log.stats()
+        streams = stats["streams"]
+        assert isinstance(streams, dict)
+        dropped = sum(int(st["dropped_by_quota"]) for st in streams.values())
+        letters: set[Key] = set()
+        if DEAD_LETTER_STREAM in log.streams():
+            offset = log.start_offset(DEAD_LETTER_STREAM)
+            while records := log.read(DEAD_LETTER_STREAM, offset, 1000):
+                for record in records:
+                    letter = decode_dead_letter(record.payload)
+                    if letter.message.startswith("reading "):
+                        series, _, rest = letter.message[len("reading "):].partition(" at ")
+                        device, _, metric = series.rpartition("/")
+                        letters.add((device, metric, int(rest.split(":", 1)[0])))
+                offset = records[-1].offset + 1
+    finally:
+        log.close()
+    return dropped, letters
+
+
+@dataclass
+class Central:
+    """The central side on one Kafka broker: the batch, readings, state and dead-letter topics, and expanders."""
+
+    bootstrap: str
+    batches: str
+    readings: str
+    state: str
+    deadletter: str
+    workdir: Path
+    group: str = field(default_factory=lambda: f"central-{uuid.uuid4().hex[:6]}")
+
+    # Device times here are in 2026 (and 1970 in the clock scenario): with the
+    # default retention Kafka would delete them (docs/exactly_once.md, "Topic settings").
+    KEEP = {"retention.ms": "-1"}
+
+    @classmethod
+    def create(cls, broker: object, new_topic: object, workdir: Path) -> Central:
+        make = new_topic  # tests.fixtures.kafka.NewKafkaTopic
+        return cls(
+            broker.bootstrap,  # type: ignore[attr-defined]
+            batches=make(partitions=2, config=cls.KEEP, broker=broker, prefix="batches"),  # type: ignore[operator]
+            readings=make(partitions=3, config=cls.KEEP, broker=broker, prefix="readings"),  # type: ignore[operator]
+            state=make(partitions=2, config={"cleanup.policy": "compact"}, broker=broker, prefix="state"),  # type: ignore[operator]
+            deadletter=make(config=cls.KEEP, broker=broker, prefix="deadletter"),  # type: ignore[operator]
+            workdir=workdir,
+        )
+
+    @property
+    def upstream(self) -> str:
+        """The gateway's ``--upstream`` for the batch topic."""
+        return f"kafka://{self.bootstrap}/{self.batches}"
+
+    def start_expander(self, instance: str = "a") -> subprocess.Popen[bytes]:
+        """``python -m bridge.central`` as a process of its own; output appended to ``<workdir>/central.log``."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with (self.workdir / "central.log").open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "bridge.central", "--bootstrap", self.bootstrap, "--batch-topic", self.batches,
+                 "--readings-topic", self.readings, "--state-topic", self.state, "--deadletter-topic", self.deadletter,
+                 "--group", self.group, "--instance-id", instance, "--max-batches", "20"],
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+
+    def readings_by_key(self) -> tuple[Counter[Key], Counter[str]]:
+        """The readings topic as counts per reading (content) and per reading id."""
+        docs = read_committed(self.bootstrap, self.readings)
+        by_key: Counter[Key] = Counter()
+        by_id: Counter[str] = Counter()
+        for doc in docs:
+            by_key[(str(doc["device"]), str(doc["metric"]), int(doc["ts_ms"]))] += 1  # type: ignore[call-overload]
+            by_id[str(doc["id"])] += 1
+        return by_key, by_id
+
+    def wait_for(self, accepted: set[Key], timeout: float = 90.0) -> tuple[Counter[Key], Counter[str]]:
+        """Read the readings topic until it holds every accepted reading (or ``timeout``), then once more."""
+        deadline = time.monotonic() + timeout
+        while True:
+            by_key, by_id = self.readings_by_key()
+            if set(by_key) >= accepted or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        time.sleep(2.0)  # anything still in flight lands, so a late duplicate would show
+        return self.readings_by_key()
+
+
+@dataclass
+class Tally:
+    """The equation at the end of a scenario."""
+
+    scenario: str
+    mode: str
+    cycles: int
+    accepted: set[Key]
+    upstream: Counter[Key]
+    upstream_ids: Counter[str] = field(default_factory=Counter)
+    dropped_by_quota: int = 0
+    dead_lettered: set[Key] = field(default_factory=set)
+    seconds: float = 0.0
+    notes: str = ""
+
+    @property
+    def lost(self) -> set[Key]:
+        return self.accepted - set(self.upstream) - self.dead_lettered
+
+    @property
+    def duplicated(self) -> dict[Key, int]:
+        dup = {k: n for k, n in self.upstream.items() if n > 1}
+        dup.update({k: 2 for k in self.dead_lettered & set(self.upstream)})  # a reading both upstream and refused
+        return dup
+
+    @property
+    def duplicated_ids(self) -> dict[str, int]:
+        return {k: n for k, n in self.upstream_ids.items() if n > 1}
+
+    @property
+    def extra(self) -> set[Key]:
+        return set(self.upstream) - self.accepted
+
+    def line(self) -> str:
+        return (f"{self.scenario} [{self.mode}] cycles={self.cycles} accepted={len(self.accepted)}"
+                f" upstream={len(set(self.upstream) & self.accepted)} dead_lettered={len(self.dead_lettered & self.accepted)}"
+                f" dropped_by_quota={self.dropped_by_quota} lost={len(self.lost)} duplicated={len(self.duplicated)}"
+                f" extra={len(self.extra)} seconds={self.seconds:.1f}")
+
+    def record(self) -> None:
+        print("\n" + self.line())
+        path = os.environ.get("TIDEGATE_FAULT_RESULTS")
+        if path:
+            row = {
+                "scenario": self.scenario, "mode": self.mode, "cycles": self.cycles, "accepted": len(self.accepted),
+                "upstream": len(set(self.upstream) & self.accepted), "dead_lettered": len(self.dead_lettered & self.accepted),
+                "dropped_by_quota": self.dropped_by_quota, "lost": len(self.lost), "duplicated": len(self.duplicated),
+                "extra": len(self.extra), "seconds": round(self.seconds, 1), "notes": self.notes,
+            }
+            with open(path, "a") as out:
+                out.write(json.dumps(row) + "\n")
+
+    def check(self, context: str = "") -> None:
+        """Record the tally, then assert the equation."""
+        self.record()
+        lost, dup = self.lost, self.duplicated
+        assert len(lost) == self.dropped_by_quota, (
+            f"{len(lost)} acknowledged readings are neither upstream nor dead letters, and the quota dropped "
+            f"{self.dropped_by_quota}; e.g. {sorted(lost)[:3]}. {context[-2000:]}"
+        )
+        assert not dup, f"{len(dup)} readings upstream more than once, e.g. {list(dup.items())[:3]}"
+        assert not self.duplicated_ids, f"{len(self.duplicated_ids)} reading ids twice, e.g. {list(self.duplicated_ids.items())[:3]}"
+        assert all(k[0].startswith(("plain-", "node-")) for k in self.extra), f"invented readings: {sorted(self.extra)[:3]}"
+
+
+def tail(paths: Iterable[Path], chars: int = 1500) -> str:
+    """The ends of some log files, for assertion messages."""
+    out = []
+    for path in paths:
+        if path.exists():
+            out.append(f"--- {path.name}: {path.read_text(errors='replace')[-chars:]}")
+    return "\n".join(out)
