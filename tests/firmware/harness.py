@@ -119,3 +119,58 @@ def _first_difference(cpython: Any, micropython: Any, path: str = "") -> str:
             if a != b:
                 return _first_difference(a, b, f"{path}[{i}]")
     return f"at {path or 'the top'}: CPython {cpython!r:.300} != MicroPython {micropython!r:.300}"
+
+
+_NODE_RUNNER = """\
+import json
+from fakesite import Site
+from tidegate_node import main
+site = Site()
+if {clock!r} is not None:
+    site.time.set_epoch_ms({clock!r})
+config = json.loads({config!r})
+path = site.config("node.json", **config)
+node = main.run(path, site.time, max_cycles={cycles!r})
+uart = site.board.uart_out.get(node.config.uart.id if node.config.uart else -1, b"")
+print("RESULTS " + json.dumps({{
+    "uart": bytes(uart).hex(),
+    "messages": [[t, p.hex()] for t, p in site.payloads()],
+    "seq": node.seq,
+    "boot": node.boot,
+}}))
+"""
+
+
+def run_node(vm: MicroPython, device_root: Path, config: dict[str, Any], cycles: int,
+             clock_set_at_ms: int | None = None) -> dict[str, Any]:
+    """Run the firmware's sample loop on MicroPython against the fake site and return what it sent.
+
+    For tests that feed a node's real output into the gateway (through a pty,
+    or through Mosquitto): the node is ``tidegate_node.main.run`` with its
+    config given as overrides of ``fakesite.BASE_CONFIG`` (MQTT, one BME280 at
+    60 s); the site has a BME280, an SHT31, a DHT22 on GPIO4 and a battery on
+    GPIO34. Fake time only moves when the node sleeps, so ``cycles`` cycles
+    take no wall time.
+
+    Args:
+        vm: the ``micropython`` fixture.
+        device_root: the ``device_root`` fixture.
+        config: node config keys, e.g. ``{"transport": "uart", "sensors": [...]}``.
+        cycles: sample-loop cycles to run (mains power; battery configs deep-sleep after one).
+        clock_set_at_ms: Unix ms the node's clock reads at its start (samples then
+            carry ``ts``); None leaves it unset (samples carry ``up`` and ``su``).
+
+    Returns:
+        ``uart``: the bytes written to the UART (frames, after one 0x00);
+        ``messages``: ``(topic, payload)`` of each MQTT publish, in order;
+        ``seq``: samples taken; ``boot``: the boot id.
+    """
+    source = _NODE_RUNNER.format(clock=clock_set_at_ms, config=json.dumps(config), cycles=cycles)
+    result = vm.run(source, paths=[(device_root, "/")], timeout=120)
+    if result.returncode != 0:
+        raise AssertionError(f"node failed on MicroPython:\n{result.stderr}\n{result.stdout}")
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULTS "))
+    out = json.loads(line[len("RESULTS "):])
+    out["uart"] = bytes.fromhex(out["uart"])
+    out["messages"] = [(topic, bytes.fromhex(payload)) for topic, payload in out["messages"]]
+    return out  # type: ignore[no-any-return]

@@ -27,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from core.codecs import SourceFields, decode_samples
 from core.intake import Accepted, Duplicate, Intake
+from core.serial_decoder import NEED_DATA, FrameDecoder
 from core.reading import TIME_DEVICE, Reading
 from core.topics import Route, TopicTemplate
 from edge.gateway import Message
@@ -34,7 +35,8 @@ from edge.mosquitto import Mosquitto
 from edge.mqtt_intake import MqttConfig, MqttIntake, Received
 from edge.serial_intake import SerialConfig, SerialIntake
 from tests.firmware.conftest import cases_fixture
-from tests.firmware.harness import Cases
+from tests.firmware.harness import Cases, run_node
+from tests.fixtures.micropython import MicroPython
 
 pytestmark = pytest.mark.micropython
 
@@ -167,3 +169,23 @@ def test_mqtt_messages_through_mosquitto_reach_the_gateway_once_with_device_time
     assert {r.time_source for r in readings} == {TIME_DEVICE}
     ts = sorted({r.ts_ms for r in readings})
     assert [b - a for a, b in zip(ts, ts[1:])] == [10_000] * (out["seq"] - 1)
+
+
+def test_run_node_helper_gives_a_nodes_frames_and_messages(micropython: MicroPython, device_root: Path) -> None:
+    # The helper for end-to-end tests: any config, its output as bytes.
+    uart = run_node(micropython, device_root, {"device": "pump-3", "transport": "uart",
+                                               "sensors": [{"type": "dht22", "period_s": 5}]}, cycles=4,
+                    clock_set_at_ms=CLOCK_SET_AT)
+    mqtt = run_node(micropython, device_root, {"device": "n9"}, cycles=2)
+
+    decoder = FrameDecoder()
+    decoder.receive_data(uart["uart"])
+    frames = []
+    while (event := decoder.next_event()) is not NEED_DATA:
+        frames.append(event)
+    samples = [s for f in frames for s in decode_samples(f.payload, SourceFields())]  # type: ignore[union-attr]
+    assert [(s.device, s.seq, s.time_ms - CLOCK_SET_AT) for s in samples] == [
+        ("pump-3", k, 5000 * k) for k in range(4)]
+    assert uart["seq"] == 4 and isinstance(uart["boot"], int)
+    assert [topic for topic, _ in mqtt["messages"]] == ["sensors/n9", "sensors/n9"]
+    assert [s.seq for _, p in mqtt["messages"] for s in decode_samples(p, SourceFields())] == [0, 1]
