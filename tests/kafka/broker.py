@@ -67,7 +67,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 __all__ = [
@@ -661,12 +661,20 @@ class KafkaBroker:
         # offset fetch for a group that does not exist triggers the creation
         # now (about 0.2 s), so the first consumer in a test joins at once,
         # as it would on a long-running cluster. Best effort only.
-        request = ConsumerGroupTopicPartitions("tidegate-fixture-warm-up")
-        futures = admin.list_consumer_group_offsets([request], request_timeout=10)
+        #
+        # The fetch is made by a consumer, not by AdminClient's
+        # list_consumer_group_offsets: in librdkafka 2.16.0 the admin client's
+        # OffsetFetch response handler dereferences the consumer-group handle
+        # an admin client does not have, and crashes the process
+        # (rd_kafka_handle_OffsetFetch -> rd_kafka_cgrp_op, seen in a core dump).
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "tidegate-fixture-warm-up",
+                             "enable.auto.commit": False})
         try:
-            futures[request.group_id].result(10)
+            consumer.committed([TopicPartition("__consumer_offsets", 0)], timeout=10)
         except KafkaException as exc:
             _logger.info("group coordinator warm-up failed: %s", exc)
+        finally:
+            consumer.close()
 
     def _accepts_connections(self) -> bool:
         try:
