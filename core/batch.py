@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import google_crc32c
 import lz4.frame
-import umsgpack
 
+from core import msgpack_codec
 from core.errors import BatchFormatError, InvalidReading, LocalError
 from core.reading import Reading, Value
 from core.timewindow import MAX_WINDOW_MS, MIN_WINDOW_MS, Window
@@ -216,7 +216,7 @@ def encode_batch(
                 sources.pop() if len(sources) == 1 else [r.time_source for r in readings],
             ]
         )
-    body = umsgpack.packb(body_series)
+    body = msgpack_codec.packb(body_series)
     if compression in (COMPRESSION_LZ4, COMPRESSION_AUTO):
         packed = lz4.frame.compress(body, store_size=True, content_checksum=False)
         if compression == COMPRESSION_LZ4 or len(packed) < len(body):
@@ -366,8 +366,8 @@ def decode_batch(data: bytes) -> Batch:
         except RuntimeError as exc:
             raise _bad(f"lz4 frame does not decompress: {exc}", "bad_compression", "body") from exc
     try:
-        series = umsgpack.unpackb(body)
-    except (umsgpack.UnpackException, ValueError, TypeError) as exc:
+        series = msgpack_codec.unpackb(body)
+    except msgpack_codec.MsgpackError as exc:
         raise _bad(f"body is not msgpack: {exc}", "bad_body", "body") from exc
     if not isinstance(series, list) or not series:
         raise _bad("body must be a non-empty array of series", "bad_body", "body")

@@ -49,8 +49,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cbor2
-import umsgpack
 
+from core import msgpack_codec
 from core.errors import InvalidReading, PayloadError
 from core.reading import Reading
 from core.sample import TIME_KIND_EPOCH, TIME_KIND_NONE, TIME_KIND_UPTIME, Sample, readings_from_samples
@@ -88,14 +88,10 @@ def _parse_json(payload: bytes) -> object:
 
 
 def _parse_msgpack(payload: bytes) -> object:
-    stream = io.BytesIO(payload)
     try:
-        value = umsgpack.unpack(stream)
-    except (umsgpack.UnpackException, ValueError, TypeError, IndexError, RecursionError) as exc:
+        return msgpack_codec.unpackb(payload)
+    except msgpack_codec.MsgpackError as exc:
         raise PayloadError(f"payload is not valid msgpack: {exc}", reason="bad_msgpack") from exc
-    if stream.tell() != len(payload):
-        raise PayloadError(f"msgpack payload has {len(payload) - stream.tell()} trailing bytes", reason="bad_msgpack")
-    return value
 
 
 def _parse_cbor(payload: bytes) -> object:

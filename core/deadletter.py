@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import umsgpack
+from core import msgpack_codec
 
 from core.errors import InvalidReading
 
@@ -37,7 +37,7 @@ class DeadLetter:
 
 
 def encode_dead_letter(letter: DeadLetter) -> bytes:
-    return umsgpack.packb(
+    return msgpack_codec.packb(
         [letter.source, letter.topic, letter.received_ms, letter.reason, letter.message, letter.raw]
     )
 
@@ -49,8 +49,8 @@ def decode_dead_letter(payload: bytes) -> DeadLetter:
         InvalidReading: the record is not a dead letter.
     """
     try:
-        fields = umsgpack.unpackb(payload)
-    except (umsgpack.UnpackException, ValueError, TypeError) as exc:
+        fields = msgpack_codec.unpackb(payload)
+    except msgpack_codec.MsgpackError as exc:
         raise InvalidReading(f"dead-letter record is not msgpack: {exc}", reason="bad_record") from exc
     if (
         not isinstance(fields, list)

@@ -25,8 +25,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-import umsgpack
-
+from core import msgpack_codec
 from core.codecs import SourceFields, decode_payload, decode_samples
 from core.deadletter import DeadLetter
 from core.dedup import DUPLICATE, ContentDedup, Dedup
@@ -42,7 +41,7 @@ __all__ = ["Accepted", "Rejected", "Duplicate", "DamagedPayload", "Intake", "cla
 def sample_fingerprint(sample: Sample) -> int:
     """CRC-32 of a sample's time and values: stable across processes (unlike ``hash``),
     because it is stored in the log and compared after a restart."""
-    return zlib.crc32(umsgpack.packb([sample.time_kind, sample.time_ms, [list(pair) for pair in sample.values]]))
+    return zlib.crc32(msgpack_codec.packb([sample.time_kind, sample.time_ms, [list(pair) for pair in sample.values]]))
 
 
 class DamagedPayload(bytes):

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Union
 
-import umsgpack
+from core import msgpack_codec
 
 from core.errors import InvalidReading
 
@@ -129,7 +129,7 @@ def encode_reading(reading: Reading, provenance: Provenance | None = None) -> by
     ]
     if provenance is not None:
         fields += [provenance.boot, provenance.seq, provenance.fingerprint]
-    return umsgpack.packb(fields)
+    return msgpack_codec.packb(fields)
 
 
 def decode_record(payload: bytes) -> tuple[Reading, Provenance | None]:
@@ -139,8 +139,8 @@ def decode_record(payload: bytes) -> tuple[Reading, Provenance | None]:
         InvalidReading: the payload is not a reading record.
     """
     try:
-        fields = umsgpack.unpackb(payload)
-    except (umsgpack.UnpackException, ValueError, TypeError) as exc:
+        fields = msgpack_codec.unpackb(payload)
+    except msgpack_codec.MsgpackError as exc:
         raise InvalidReading(f"reading record is not msgpack: {exc}", reason="bad_record") from exc
     if not isinstance(fields, list) or len(fields) not in (6, 9):
         raise InvalidReading("reading record must be a msgpack array of 6 or 9 elements", reason="bad_record")

@@ -34,7 +34,7 @@ from typing import Protocol
 from core.deadletter import DEAD_LETTER_STREAM, DeadLetter, encode_dead_letter
 from core.intake import Accepted, Duplicate, Intake
 from core.log import UNSYNCED, LogFull, RecordRejected, Unsynced
-from core.reading import decode_record, encode_reading
+from core.reading import Reading, decode_record, encode_reading
 from core.topics import Route
 from edge.clocksync import ClockProbe
 from edge.metrics import Metrics
@@ -53,6 +53,7 @@ class LogSink(Protocol):
     """What the writer needs of the durable log."""
 
     def append(self, stream: str, ts_ms: int, payload: bytes, now_ms: int | Unsynced) -> int: ...
+    def append_many(self, stream: str, records: list[tuple[int, bytes]], now_ms: int | Unsynced) -> range: ...
     def maybe_sync(self, now_ms: int) -> bool: ...
     def durable_offset(self, stream: str) -> int: ...
     def streams(self) -> list[str]: ...
@@ -238,25 +239,15 @@ class Gateway:
             self._pending.append((message, self._covering_pending(needs)))
             return
         if isinstance(result, Accepted):
-            appended = 0
             provenance = result.provenance or (None,) * len(result.readings)
-            for reading, origin in zip(result.readings, provenance):
-                try:
-                    needs[result.stream] = self._append(result.stream, reading.ts_ms, encode_reading(reading, origin))
-                    appended += 1
-                except RecordRejected as exc:
-                    # The log's late/early rule refused this reading; it is kept
-                    # as a dead letter (the whole raw message, naming the reading)
-                    # and the rest of the pack goes on. Raising here would stop
-                    # the writer, and the broker would redeliver the message
-                    # into the same stop after every restart.
-                    letter = DeadLetter(
-                        message.source, message.topic, message.received_ms, exc.reason,
-                        f"reading {reading.device}/{reading.metric} at {reading.ts_ms}: {exc}", message.payload,
-                    )
-                    needs[DEAD_LETTER_STREAM] = self._append(DEAD_LETTER_STREAM, letter.received_ms, encode_dead_letter(letter))
-                    self.metrics.inc("tidegate_rejected_total", labels={"reason": letter.reason})
-                    log.info("rejected reading on %s: %s", letter.topic, letter.message)
+            records = [(r.ts_ms, encode_reading(r, o)) for r, o in zip(result.readings, provenance)]
+            try:
+                needs[result.stream] = self._append_many(result.stream, records)
+                appended = len(records)
+            except RecordRejected:
+                # Some reading breaks the log's time rule and nothing was written:
+                # go reading by reading, so only the refused ones become dead letters.
+                appended = self._append_one_by_one(message, result.stream, result.readings, records, needs)
             self.metrics.inc("tidegate_readings_in_total", appended, {"stream": result.stream})
             if result.unsynced:
                 self.metrics.inc("tidegate_readings_unsynced_total", result.unsynced)
@@ -270,6 +261,31 @@ class Gateway:
             log.info("rejected message on %s: %s", letter.topic, letter.message)
         self._pending.append((message, needs))
 
+    def _append_one_by_one(
+        self, message: Message, stream: str, readings: tuple[Reading, ...], records: list[tuple[int, bytes]],
+        needs: dict[str, int],
+    ) -> int:
+        """Append each reading alone; a refused one becomes a dead letter. Returns how many were appended."""
+        appended = 0
+        for reading, (ts_ms, payload) in zip(readings, records):
+            try:
+                needs[stream] = self._append(stream, ts_ms, payload)
+                appended += 1
+            except RecordRejected as exc:
+                # The log's late/early rule refused this reading; it is kept
+                # as a dead letter (the whole raw message, naming the reading)
+                # and the rest of the pack goes on. Raising here would stop
+                # the writer, and the broker would redeliver the message
+                # into the same stop after every restart.
+                letter = DeadLetter(
+                    message.source, message.topic, message.received_ms, exc.reason,
+                    f"reading {reading.device}/{reading.metric} at {reading.ts_ms}: {exc}", message.payload,
+                )
+                needs[DEAD_LETTER_STREAM] = self._append(DEAD_LETTER_STREAM, letter.received_ms, encode_dead_letter(letter))
+                self.metrics.inc("tidegate_rejected_total", labels={"reason": letter.reason})
+                log.info("rejected reading on %s: %s", letter.topic, letter.message)
+        return appended
+
     def _covering_pending(self, needs: dict[str, int]) -> dict[str, int]:
         """``needs`` raised to cover every pending message's records."""
         for _, other in self._pending:
@@ -279,9 +295,16 @@ class Gateway:
         return needs
 
     def _append(self, stream: str, ts_ms: int, payload: bytes) -> int:
+        return self._retrying_while_full(lambda: self.log.append(stream, ts_ms, payload, self.log_now()))
+
+    def _append_many(self, stream: str, records: list[tuple[int, bytes]]) -> int:
+        """Append a message's readings in one call (one lock, one pass); return the last offset."""
+        return self._retrying_while_full(lambda: self.log.append_many(stream, records, self.log_now())[-1])
+
+    def _retrying_while_full(self, append: Callable[[], int]) -> int:
         while True:
             try:
-                offset = self.log.append(stream, ts_ms, payload, self.log_now())
+                offset = append()
             except LogFull as exc:
                 self.metrics.set("tidegate_intake_blocked", 1)
                 log.warning("log refuses new readings, intake paused: %s", exc)

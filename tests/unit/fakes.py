@@ -29,6 +29,10 @@ class GatedLog:
         records.append(payload)
         return len(records) - 1
 
+    def append_many(self, stream: str, records: list[tuple[int, bytes]], now_ms: int) -> range:
+        offsets = [self.append(stream, ts_ms, payload, now_ms) for ts_ms, payload in records]
+        return range(offsets[0], offsets[-1] + 1)
+
     def maybe_sync(self, now_ms: int) -> bool:
         if not self.allow_sync.is_set():
             return False
