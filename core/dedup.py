@@ -164,13 +164,15 @@ class ContentDedup:
 
     def check(self, device: str, metric: str, ts_ms: int, value: object) -> int:
         """:data:`NEW` (and now remembered) or :data:`DUPLICATE` (counted)."""
-        key = (device, metric, ts_ms, type(value).__name__, value)
-        if key in self._seen:
+        # The class keeps 1, 1.0 and True apart (they are equal and hash alike).
+        key = (device, metric, ts_ms, value.__class__, value)
+        seen = self._seen
+        if key in seen:
             self.duplicates += 1
             return DUPLICATE
-        self._seen[key] = None
-        if len(self._seen) > self.max_keys:
-            self._seen.popitem(last=False)
+        seen[key] = None
+        if len(seen) > self.max_keys:
+            seen.popitem(last=False)
         return NEW
 
     def __len__(self) -> int:
