@@ -1,0 +1,177 @@
+"""Intake: messages from Mosquitto into the durable log, against a count-only subscriber.
+
+Run: python -m bench.bench_intake [--quick]
+
+Both consumers get the same conditions: a persistent session on the same
+Mosquitto, subscribed at QoS 1, and the same messages queued for them while
+they were away. Then each connects and drains its queue:
+
+* the ceiling, a count-only paho subscriber that acknowledges each message as
+  it arrives and does nothing else;
+* tidegate's intake (paho with manual acks, the gateway's writer, the durable
+  log on this disk with sync policy ``interval``), which acknowledges a
+  message only once the log holds it durably.
+
+Reported: messages/s and readings/s of each, the ratio, and tidegate's CPU
+time per reading (the process's CPU time; the broker runs in its own process).
+Two workloads: one JSON reading per message, and msgpack packs of 100 readings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bench.common import machine, table
+from core.log import LogConfig
+from core.topics import Route, TopicTemplate
+from edge.gateway import Gateway, Message
+from edge.logstore import open_log
+from edge.metrics import Metrics
+from edge.mosquitto import Mosquitto
+from edge.mqtt_intake import MqttConfig, MqttIntake, Received
+
+T0 = 1_767_225_600_000
+ROUTES = (Route(TopicTemplate("sensors/{device}"), "sensors"),)
+
+
+def payloads(kind: str, messages: int) -> list[bytes]:
+    if kind == "single":
+        return [json.dumps({"ts": T0 + i, "m": "temp_c", "v": round(20 + (i % 97) / 10, 1)}).encode() for i in range(messages)]
+    return [
+        msgpack.packb([{"ts": T0 + i * 100 + j, "m": "temp_c", "v": round(20 + ((i + j) % 97) / 10, 1)} for j in range(100)])
+        for i in range(messages)
+    ]
+
+
+def make_session(port: int, client_id: str) -> None:
+    """Connect once with a persistent session and subscribe, so the broker queues for us."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    client.connect("127.0.0.1", port, clean_start=False, properties=props)
+    client.loop_start()
+    client.subscribe("sensors/#", qos=1)
+    time.sleep(0.3)
+    client.disconnect()
+    client.loop_stop()
+
+
+def publish_all(port: int, messages: list[bytes]) -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    infos = [client.publish(f"sensors/dev-{i % 50}", m, qos=1) for i, m in enumerate(messages)]
+    for info in infos:
+        info.wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
+
+
+def drain_raw(port: int, client_id: str, expected: int) -> float:
+    done = threading.Event()
+    count = 0
+
+    def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        nonlocal count
+        client.ack(message.mid, message.qos)
+        count += 1
+        if count >= expected:
+            done.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
+    client.max_inflight_messages_set(1000)
+    client.on_message = on_message
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    props.ReceiveMaximum = 1000
+    start = time.perf_counter()
+    client.connect("127.0.0.1", port, clean_start=False, properties=props)
+    client.loop_start()
+    if not done.wait(300):
+        raise RuntimeError(f"raw subscriber got {count} of {expected}")
+    elapsed = time.perf_counter() - start
+    client.disconnect()
+    client.loop_stop()
+    return elapsed
+
+
+def drain_tidegate(port: int, client_id: str, expected: int, data_dir: Path) -> tuple[float, float, int]:
+    log = open_log(data_dir, LogConfig(sync_policy="interval"))
+    metrics = Metrics()
+    gateway = Gateway(log, ROUTES, metrics)
+    acked = 0
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def acknowledge(received: Received) -> None:
+        nonlocal acked
+        intake.ack(received)
+        with lock:
+            acked += 1
+            if acked >= expected:
+                done.set()
+
+    def on_message(received: Received) -> None:
+        gateway.submit(Message("mqtt", received.topic, received.payload, int(time.time() * 1000), lambda: acknowledge(received)))
+
+    intake = MqttIntake(MqttConfig(port=port, client_id=client_id, subscriptions=("sensors/#",)), on_message)
+    gateway.start()
+    cpu = time.process_time()
+    start = time.perf_counter()
+    intake.start()
+    if not done.wait(300):
+        raise RuntimeError(f"tidegate acknowledged {acked} of {expected}")
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    intake.stop()
+    gateway.stop()
+    readings = int(metrics.total("tidegate_readings_in_total"))
+    log.close()
+    return elapsed, cpu, readings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer messages")
+    args = parser.parse_args(argv)
+    workloads = [("single", 5_000 if args.quick else 30_000, 1), ("pack of 100", 500 if args.quick else 2_000, 100)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, count, per_message in workloads:
+            with Mosquitto(Path(tmp) / f"mq-{per_message}") as broker:
+                make_session(broker.port, "bench-raw")
+                make_session(broker.port, "bench-tidegate")
+                publish_all(broker.port, payloads("single" if per_message == 1 else "pack", count))
+                raw_s = drain_raw(broker.port, "bench-raw", count)
+                tg_s, cpu_s, readings = drain_tidegate(broker.port, "bench-tidegate", count, Path(tmp) / f"log-{per_message}")
+            assert readings == count * per_message, (readings, count * per_message)
+            rows.append([
+                name, f"{count:,}", f"{count / raw_s:,.0f}", f"{count / tg_s:,.0f}", f"{raw_s / tg_s:.2f}",
+                f"{readings / tg_s:,.0f}", f"{cpu_s / readings * 1e6:.1f}",
+            ])
+            print(rows[-1], file=sys.stderr)
+    print(f"machine: {machine()}\n")
+    print(table(
+        ["messages", "count", "count-only subscriber msg/s", "tidegate msg/s", "tidegate / subscriber",
+         "tidegate readings/s", "tidegate CPU µs/reading"],
+        rows,
+    ))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
