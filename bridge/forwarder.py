@@ -1,14 +1,36 @@
 """The forwarder: durable log in, acknowledged batches upstream, cursor advanced.
 
-How this works: for each stream, the forwarder keeps a cursor, the offset of
-the first record not yet acknowledged upstream, stored in the log's cursor
-store under the name ``bridge``. It reads records from the cursor, cuts them
-into runs of one time window, asks the :class:`~core.batching.BatchPolicy`
-whether the first run should go now, encodes it (docs/batch_format.md) and
-sends it. Only when the transport returns (the upstream holds the batch) does
-the cursor move past it, and the cursor is stored atomically. A crash anywhere
-in between means the same batch, with the same offsets, is sent again; the
-central side drops what it has already seen by reading id.
+How this works
+--------------
+For each stream the forwarder keeps a cursor, the offset of the first record
+not yet acknowledged upstream, stored in the log's cursor store under the name
+``bridge``. It reads durable records from the cursor, cuts them into runs of
+one time window, asks the batching controller (core/batching.py) whether the
+first run should go now and how big it may be, encodes it
+(docs/batch_format.md) and sends it. Only when the transport returns (the
+upstream holds the batch) does the cursor move past it, and the cursor is
+stored atomically. A crash anywhere in between means the same readings, with
+the same offsets, are sent again; the central side drops what it has already
+seen by reading id (docs/exactly_once.md).
+
+Store and forward (docs/batching.md, "Store and forward"):
+
+* **Order.** Each step sends one batch: the due batch of the stream with the
+  highest priority, streams of equal priority in turn. A backlog drains oldest
+  first.
+* **Fresh share.** With ``fresh_share`` > 0, a stream that is far behind gets
+  a second, *fresh* lane starting at the log's end when it fell behind. Fresh
+  batches (the lane's, and those of streams that are caught up) go first
+  while they have used less than ``fresh_share`` of the recent uplink bytes;
+  the backlog gets the rest. The lane is stored as two more cursors,
+  ``bridge.fresh-start`` and ``bridge.fresh``: offsets in ``[fresh-start,
+  fresh)`` are acknowledged too. When the backlog reaches the lane the two
+  merge. The central side keeps applied offset *ranges*, so the lane's
+  readings are applied once.
+* **Bandwidth cap.** A token bucket (core/ratelimit.py) in bytes per second.
+
+The forwarder times each send and feeds the controller; the clock is
+injected (monotonic seconds) so tests and the benchmark drive it.
 
 Dead letters (stream ``_deadletter``) stay on the gateway; ``tidegate tail
 --dead-letters`` shows them.
@@ -17,24 +39,31 @@ Dead letters (stream ``_deadletter``) stay on the gateway; ``tidegate tail
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from core.batch import Entry, decode_header, encode_batch
-from core.batching import BatchPolicy
+from core.batching import BatchController, BatchPolicy, Limits
 from core.deadletter import DEAD_LETTER_STREAM
 from core.errors import InvalidReading
-from core.reading import decode_reading
-from core.timewindow import window_of
+from core.ratelimit import TokenBucket, Unlimited
+from core.reading import Reading, decode_reading
+from core.timewindow import Window, window_of
 from bridge.errors import TransportError
 from bridge.transports import Transport
 
-__all__ = ["LogSource", "Forwarder", "ForwardResult", "CURSOR_NAME"]
+__all__ = ["LogSource", "Forwarder", "ForwardResult", "CURSOR_NAME", "FRESH_CURSOR", "FRESH_START_CURSOR"]
 
 log = logging.getLogger("tidegate.bridge")
 
 CURSOR_NAME = "bridge"
+FRESH_START_CURSOR = "bridge.fresh-start"
+FRESH_CURSOR = "bridge.fresh"
+
+_SHARE_TAU_S = 10.0  # the fresh share is measured over about this long
 
 
 class LogRecordLike(Protocol):
@@ -47,30 +76,64 @@ class LogSource(Protocol):
     """What the forwarder needs of the durable log (``core.log.Log`` provides it)."""
 
     def streams(self) -> list[str]: ...
-    def read(self, stream: str, offset: int, max_records: int = ...) -> Sequence[LogRecordLike]: ...
+    def read(self, stream: str, offset: int, max_records: int = ..., max_bytes: int = ...) -> Sequence[LogRecordLike]: ...
     def end_offset(self, stream: str) -> int: ...
+    def durable_offset(self, stream: str) -> int: ...
     def load_cursor(self, name: str, stream: str) -> int: ...
     def store_cursor(self, name: str, stream: str, offset: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class ForwardResult:
+    """What one :meth:`Forwarder.forward_once` did.
+
+    Attributes:
+        failed: the upstream refused a batch (its cursor stays; it goes again).
+        wait_ms: the bandwidth cap held a due batch back for about this long.
+    """
+
     batches: int = 0
     readings: int = 0
     bytes: int = 0
     failed: bool = False
+    wait_ms: float = 0.0
+
+
+@dataclass
+class _Lane:
+    start: int  # first offset of the fresh lane
+    next: int  # next offset of the lane to send; [start, next) is acknowledged
+
+
+@dataclass
+class _Run:
+    """A cut run of one window, due to be sent: records from ``start`` on."""
+
+    stream: str
+    lane: bool
+    records: Sequence[LogRecordLike]
+    window: Window
+    fresh: bool
+    priority: int
+    first_reading: Reading = field(repr=False)
 
 
 class Forwarder:
     """Moves a gateway's streams upstream, one acknowledged batch at a time.
 
     Args:
-        source: the durable log; it must outlive the forwarder.
+        source: the durable log; it must outlive the forwarder. Only this
+            forwarder may store its cursors.
         transport: the upstream; owned by the caller.
         gateway_id: this gateway's id, part of every reading's id.
         window_ms: the log's time window length.
-        policy: when to close a batch.
+        policy: batching, fresh share and bandwidth cap (``[batch]``).
         on_sent: called after each acknowledged batch with (stream, readings, bytes).
+        priorities: per-stream priority (higher first; default 0), as the
+            log's ``priorities``.
+        clock: monotonic seconds, for timing sends and the bandwidth cap.
+        max_batches: at most this many batches per :meth:`forward_once`, so
+            the caller gets control back during a long drain.
     """
 
     def __init__(
@@ -81,76 +144,225 @@ class Forwarder:
         window_ms: int,
         policy: BatchPolicy = BatchPolicy(),
         on_sent: Callable[[str, int, int], None] = lambda stream, readings, size: None,
+        priorities: Mapping[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_batches: int = 64,
     ) -> None:
         self.source = source
         self.transport = transport
         self.gateway_id = gateway_id
         self.window_ms = window_ms
         self.policy = policy
+        self.controller = BatchController(policy)
         self.on_sent = on_sent
+        self.priorities = dict(priorities or {})
+        self.clock = clock
+        self.max_batches = max_batches
+        rate = policy.max_bytes_per_s
+        self.bucket: TokenBucket | Unlimited = (
+            TokenBucket(rate, burst=max(rate, 64 * 1024), now_ms=self._mono_ms()) if rate else Unlimited()
+        )
         self._cursors: dict[str, int] = {}
+        self._lanes: dict[str, _Lane | None] = {}
+        self._served: dict[str, int] = {}  # stream -> step it last sent at (round robin)
+        self._step = 0
+        self._fresh_bytes = 0.0
+        self._all_bytes = 0.0
+        self._share_at = self._mono_ms()
+
+    def _mono_ms(self) -> float:
+        return self.clock() * 1000.0
+
+    # -- cursors --------------------------------------------------------------
 
     def cursor(self, stream: str) -> int:
+        """The first offset of ``stream`` not acknowledged upstream (the fresh lane aside)."""
         if stream not in self._cursors:
             self._cursors[stream] = self.source.load_cursor(CURSOR_NAME, stream)
         return self._cursors[stream]
 
+    def lane(self, stream: str) -> tuple[int, int] | None:
+        """The fresh lane of ``stream`` as (start, next), or None."""
+        if stream not in self._lanes:
+            start = self.source.load_cursor(FRESH_START_CURSOR, stream)
+            nxt = self.source.load_cursor(FRESH_CURSOR, stream)
+            # A lane at or below the main cursor was merged (a crash may have
+            # left its cursors behind): it is no lane.
+            self._lanes[stream] = _Lane(start, max(start, nxt)) if start > self.cursor(stream) else None
+        lane = self._lanes[stream]
+        return (lane.start, lane.next) if lane is not None else None
+
     def backlog(self, stream: str) -> int:
         """Readings of ``stream`` in the log not yet acknowledged upstream."""
-        return max(0, self.source.end_offset(stream) - self.cursor(stream))
+        waiting = max(0, self.source.end_offset(stream) - self.cursor(stream))
+        lane = self.lane(stream)
+        if lane is not None:
+            waiting -= lane[1] - lane[0]
+        return max(0, waiting)
 
-    def forward_once(self, now_ms: int) -> ForwardResult:
-        """Send every batch that is due now, stream by stream.
+    def _store(self, stream: str, offset: int) -> None:
+        self.source.store_cursor(CURSOR_NAME, stream, offset)
+        self._cursors[stream] = offset
 
-        Returns:
-            What was sent; ``failed`` if the upstream refused a batch (the
-            cursor stays, and the next call sends it again).
-        """
-        batches = readings = size = 0
-        for stream in self.source.streams():
-            if stream == DEAD_LETTER_STREAM:
-                continue
-            while True:
-                try:
-                    sent = self._maybe_send_one(stream, now_ms)
-                except TransportError as exc:
-                    log.warning("upstream refused a batch of stream %s: %s", stream, exc)
-                    return ForwardResult(batches, readings, size, failed=True)
-                if sent is None:
-                    break
-                batches += 1
-                readings += sent[0]
-                size += sent[1]
-        return ForwardResult(batches, readings, size)
+    def _open_lane(self, stream: str, start: int) -> None:
+        # "next" first: a crash between the two leaves start <= cursor, no lane.
+        self.source.store_cursor(FRESH_CURSOR, stream, start)
+        self.source.store_cursor(FRESH_START_CURSOR, stream, start)
+        self._lanes[stream] = _Lane(start, start)
+        log.info("stream %s is %d readings behind: fresh lane from offset %d", stream, start - self.cursor(stream), start)
 
-    def _maybe_send_one(self, stream: str, now_ms: int) -> tuple[int, int] | None:
-        cursor = self.cursor(stream)
-        records = self.source.read(stream, cursor, self.policy.max_readings + 1)
+    def _merge_lane(self, stream: str, lane: _Lane) -> None:
+        # The main cursor jumps over the lane's acknowledged run; then the
+        # lane's cursors are cleared (if that is lost, start <= cursor: no lane).
+        self._store(stream, lane.next)
+        self.source.store_cursor(FRESH_START_CURSOR, stream, 0)
+        self.source.store_cursor(FRESH_CURSOR, stream, 0)
+        self._lanes[stream] = None
+        log.info("stream %s caught up with its fresh lane at offset %d", stream, lane.next)
+
+    # -- cutting runs ---------------------------------------------------------
+
+    def _cut(self, stream: str, start: int, stop: int | None, limits: Limits, now_ms: int,
+             lane: bool, fresh: bool) -> _Run | None:
+        """The run of one window from ``start`` (below ``stop``), if it is due now."""
+        records = self.source.read(stream, start, limits.max_readings + 1, max_bytes=limits.max_bytes + 65_536)
+        if stop is not None:
+            records = [r for r in records if r.offset < stop]
         if not records:
             return None
         window = window_of(records[0].ts_ms, self.window_ms)
-        entries: list[Entry] = []
+        count = size = 0
         window_ended = False
-        for record in records[: self.policy.max_readings]:
+        for record in records:
             if not window.contains(record.ts_ms):
                 window_ended = True
                 break
-            try:
-                entries.append(Entry(record.offset, decode_reading(record.payload)))
-            except InvalidReading as exc:
-                # The log's CRC passed, so this is a bug or a foreign writer;
-                # stop rather than skip a reading silently.
-                raise RuntimeError(f"record {stream}@{record.offset} is not a reading: {exc}") from exc
-        else:
-            window_ended = len(records) > self.policy.max_readings and not window.contains(
-                records[self.policy.max_readings].ts_ms
-            )
-        if not self.policy.should_close(len(entries), entries[0].reading.received_ms, window_ended, now_ms):
+            if count >= limits.max_readings or (count and size + len(record.payload) > limits.max_bytes):
+                break
+            count += 1
+            size += len(record.payload)
+        full = count < len(records) and not window_ended  # stopped by a cap, more are waiting
+        first = _decode(stream, records[0])
+        if not full and not limits.should_close(count, size, first.received_ms, window_ended, now_ms):
             return None
-        batch = encode_batch(self.gateway_id, stream, window, entries)
-        self.transport.send(batch, decode_header(batch))
-        next_cursor = entries[-1].offset + 1
-        self.source.store_cursor(CURSOR_NAME, stream, next_cursor)
-        self._cursors[stream] = next_cursor
-        self.on_sent(stream, len(entries), len(batch))
-        return len(entries), len(batch)
+        return _Run(stream, lane, records[:count], window, fresh, self.priorities.get(stream, 0), first)
+
+    def _candidates(self, stream: str, now_ms: int) -> list[_Run]:
+        """The due runs of ``stream``: its fresh lane's and its main cursor's, if any."""
+        main_limits = self.controller.limits(stream, self.backlog(stream), now_ms)
+        if self.lane(stream) is None and self.policy.fresh_share > 0 \
+                and self.backlog(stream) > 2 * main_limits.max_readings:  # more than two full batches behind
+            # Durable offsets only: they survive a crash, so the lane never
+            # starts beyond what the log holds after recovery.
+            self._open_lane(stream, self.source.durable_offset(stream))
+        lane = self._lanes.get(stream)
+        cursor = self.cursor(stream)
+        if lane is None:
+            main = self._cut(stream, cursor, None, main_limits, now_ms, lane=False, fresh=not main_limits.behind)
+            return [main] if main is not None else []
+        runs = []
+        # The lane is caught-up data: it batches for latency.
+        fresh = self._cut(stream, lane.next, None, self.controller.limits(stream, 0, now_ms), now_ms,
+                          lane=True, fresh=True)
+        if fresh is not None:
+            runs.append(fresh)
+        main = self._cut(stream, cursor, lane.start, main_limits, now_ms, lane=False, fresh=False)
+        if main is not None:
+            runs.append(main)
+        else:
+            head = self.source.read(stream, cursor, 1)
+            if head and head[0].offset >= lane.start:  # nothing held below the lane: the backlog is done
+                self._merge_lane(stream, lane)
+        return runs
+
+    # -- sending --------------------------------------------------------------
+
+    def _fresh_under_share(self) -> bool:
+        now = self._mono_ms()
+        decay = math.exp(-max(0.0, now - self._share_at) / (_SHARE_TAU_S * 1000.0))
+        self._fresh_bytes *= decay
+        self._all_bytes *= decay
+        self._share_at = now
+        return self._fresh_bytes <= self.policy.fresh_share * self._all_bytes
+
+    def _pick(self, runs: list[_Run]) -> _Run:
+        pool = runs
+        if self.policy.fresh_share > 0 and any(r.fresh for r in runs) and self._fresh_under_share():
+            pool = [r for r in runs if r.fresh]
+        # Highest priority; among equals the stream served longest ago; within a
+        # stream its backlog (older data) before its lane, unless fresh-only.
+        return max(pool, key=lambda r: (r.priority, -self._served.get(r.stream, -1), not r.lane))
+
+    def forward_once(self, now_ms: int) -> ForwardResult:
+        """Send the batches that are due now, one at a time, in priority order.
+
+        Args:
+            now_ms: the gateway's wall-clock time now, in ms (the time base
+                of the readings' receive times).
+
+        Returns:
+            What was sent; ``failed`` if the upstream refused a batch (the
+            cursor stays, and the next call sends it again); ``wait_ms`` if the
+            bandwidth cap held a batch back.
+        """
+        start_ms = now_ms
+        streams = [s for s in self.source.streams() if s != DEAD_LETTER_STREAM]
+        batches = readings = size = 0
+        pending: dict[str, list[_Run]] = {}
+        called = self.clock()
+        while batches < self.max_batches:
+            # Sends take time: the gateway clock moves on with them.
+            now_ms = start_ms + int((self.clock() - called) * 1000.0)
+            for stream in streams:
+                self.controller.observe_end(stream, self.source.end_offset(stream), now_ms)
+            for stream in streams:
+                if stream not in pending:
+                    pending[stream] = self._candidates(stream, now_ms)
+            runs = [r for rs in pending.values() for r in rs]
+            if not runs:
+                break
+            run = self._pick(runs)
+            entries = [Entry(r.offset, _decode(run.stream, r)) for r in run.records]
+            batch = encode_batch(self.gateway_id, run.stream, run.window, entries)
+            if not self.bucket.try_take(len(batch), self._mono_ms()):
+                return ForwardResult(batches, readings, size, wait_ms=self.bucket.wait_ms(len(batch), self._mono_ms()))
+            started = self.clock()
+            try:
+                self.transport.send(batch, decode_header(batch))
+            except TransportError as exc:
+                log.warning("upstream refused a batch of stream %s: %s", run.stream, exc)
+                return ForwardResult(batches, readings, size, failed=True)
+            duration_ms = (self.clock() - started) * 1000.0
+            self.controller.observe_send(len(batch), len(entries), duration_ms, now_ms + int(duration_ms))
+            self._acknowledged(run, entries[-1].offset + 1)
+            self._fresh_under_share()  # decay the counters to now, then count this batch
+            self._all_bytes += len(batch)
+            if run.fresh:
+                self._fresh_bytes += len(batch)
+            self._step += 1
+            self._served[run.stream] = self._step
+            del pending[run.stream]
+            batches += 1
+            readings += len(entries)
+            size += len(batch)
+            self.on_sent(run.stream, len(entries), len(batch))
+        return ForwardResult(batches, readings, size)
+
+    def _acknowledged(self, run: _Run, next_offset: int) -> None:
+        lane = self._lanes.get(run.stream)
+        if run.lane and lane is not None:
+            self.source.store_cursor(FRESH_CURSOR, run.stream, next_offset)
+            lane.next = next_offset
+            return
+        self._store(run.stream, next_offset)
+        if lane is not None and next_offset >= lane.start:
+            self._merge_lane(run.stream, lane)
+
+
+def _decode(stream: str, record: LogRecordLike) -> Reading:
+    try:
+        return decode_reading(record.payload)
+    except InvalidReading as exc:
+        # The log's CRC passed, so this is a bug or a foreign writer; stop
+        # rather than skip a reading silently.
+        raise RuntimeError(f"record {stream}@{record.offset} is not a reading: {exc}") from exc

@@ -225,7 +225,7 @@ class Telemetry:
             self._syncs = (syncs, seconds)
             m.set("tidegate_log_syncs_total", syncs)
             m.set("tidegate_log_sync_seconds_max", stats["sync_seconds_max"])
-            policy = svc.forwarder.policy
+            policy = svc.forwarder.controller
             m.set("tidegate_batch_max_readings", getattr(policy, "current_max_readings", policy.max_readings))
             m.set("tidegate_batch_linger_seconds", getattr(policy, "current_linger_ms", policy.linger_ms) / 1000)
             m.set("tidegate_uplink_up", 1 if svc.upstream_ok else 0)
@@ -465,7 +465,8 @@ class Service:
         self.transport: Transport = open_upstream(config.upstream, config.upstream_settings)
         self.gateway = Gateway(self.log, config.routes, self.metrics, clock=clock)
         self.forwarder = Forwarder(
-            self.log, self.transport, config.gateway_id, config.log.window_ms, config.batch, on_sent=self._count_sent
+            self.log, self.transport, config.gateway_id, config.log.window_ms, config.batch, on_sent=self._count_sent,
+            priorities=config.log.priorities,
         )
         self.intake: MqttIntake | None = None
         self.serial_intakes: list[SerialIntake] = []

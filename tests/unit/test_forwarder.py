@@ -46,8 +46,9 @@ class Gateway:
             self.log.sync()
         return offset
 
-    def forwarder(self, transport: object, policy: BatchPolicy | None = None) -> Forwarder:
-        return Forwarder(self.log, transport, "gw-1", MINUTE, policy or BatchPolicy(max_readings=100, linger_ms=0))  # type: ignore[arg-type]
+    def forwarder(self, transport: object, policy: BatchPolicy | None = None, **kwargs: object) -> Forwarder:
+        policy = policy or BatchPolicy(mode="fixed", max_readings=100, linger_ms=0)
+        return Forwarder(self.log, transport, "gw-1", MINUTE, policy, **kwargs)  # type: ignore[arg-type]
 
 
 def offsets(sent: list[tuple[bytes, BatchHeader]]) -> list[tuple[int, int]]:
@@ -156,7 +157,7 @@ def test_a_run_waits_for_its_linger_then_goes() -> None:
     for i in range(10):
         gw.ingest(T0 + i * 100)  # received at gw.now == T0
     transport = MemoryTransport()
-    forwarder = gw.forwarder(transport, BatchPolicy(max_readings=100, linger_ms=500))
+    forwarder = gw.forwarder(transport, BatchPolicy(mode="fixed", max_readings=100, linger_ms=500))
     assert forwarder.forward_once(T0 + 499).batches == 0
     assert forwarder.forward_once(T0 + 500).batches == 1
     assert offsets(transport.sent) == [(0, 9)]
@@ -167,7 +168,7 @@ def test_a_full_batch_goes_at_once() -> None:
     for i in range(120):
         gw.ingest(T0 + i * 100)
     transport = MemoryTransport()
-    gw.forwarder(transport, BatchPolicy(max_readings=100, linger_ms=60_000)).forward_once(T0)
+    gw.forwarder(transport, BatchPolicy(mode="fixed", max_readings=100, linger_ms=60_000)).forward_once(T0)
     assert offsets(transport.sent) == [(0, 99)]  # the other 20 linger
 
 
@@ -236,3 +237,164 @@ def test_an_upstream_error_mid_stream_keeps_earlier_acknowledged_batches() -> No
     result = gw.forwarder(transport).forward_once(gw.now)
     assert result.failed and result.batches == 2
     assert gw.log.load_cursor(CURSOR_NAME, "sensors") == 200
+
+
+# -- the link, measured -------------------------------------------------------------
+
+
+class FakeLink(MemoryTransport):
+    """An upstream behind a link: each send advances a fake monotonic clock by rtt + bytes / rate."""
+
+    def __init__(self, rtt_ms: float = 50.0, bytes_per_s: float = 100_000.0) -> None:
+        super().__init__()
+        self.now_s = 1000.0
+        self.rtt_ms = rtt_ms
+        self.bytes_per_s = bytes_per_s
+
+    def clock(self) -> float:
+        return self.now_s
+
+    def send(self, batch: bytes, header: BatchHeader) -> None:
+        self.now_s += self.rtt_ms / 1000 + len(batch) / self.bytes_per_s
+        super().send(batch, header)
+
+
+def test_each_send_is_timed_and_teaches_the_controller_the_link() -> None:
+    gw = Gateway()
+    link = FakeLink(rtt_ms=80, bytes_per_s=20_000)
+    forwarder = gw.forwarder(link, BatchPolicy(mode="fixed", max_readings=2000, linger_ms=0), clock=link.clock)
+    gw.ingest(T0)
+    forwarder.forward_once(T0)  # one reading: the round trip
+    for i in range(1, 3000):
+        gw.ingest(T0 + i * 10, device=f"node-{i % 97}", value=(i * 7919 % 1000) / 10)
+    forwarder.forward_once(T0)  # two big batches: the throughput
+    c = forwarder.controller
+    assert c.rtt_ms == pytest.approx(80, rel=0.1)
+    assert c.throughput * 1000 == pytest.approx(20_000, rel=0.1)
+
+
+# -- store and forward ----------------------------------------------------------
+
+
+def test_priority_streams_drain_first() -> None:
+    gw = Gateway()
+    for i in range(300):
+        gw.ingest(T0 + i * 100, stream="sensors")
+        gw.ingest(T0 + i * 100, stream="alarms")
+    transport = MemoryTransport()
+    gw.forwarder(transport, priorities={"alarms": 10}).forward_once(T0)
+    assert [h.stream for _, h in transport.sent] == ["alarms"] * 3 + ["sensors"] * 3
+
+
+def test_streams_of_equal_priority_take_turns() -> None:
+    gw = Gateway()
+    for i in range(300):
+        for stream in ("a", "b", "c"):
+            gw.ingest(T0 + i * 100, stream=stream)
+    transport = MemoryTransport()
+    gw.forwarder(transport).forward_once(T0)
+    assert [h.stream for _, h in transport.sent] == ["a", "b", "c"] * 3
+
+
+def test_a_backlog_drains_in_offset_order_across_windows() -> None:
+    gw = Gateway()
+    for i in range(600):
+        gw.ingest(T0 + i * 500)  # 5 minutes: five windows
+    transport = MemoryTransport()
+    gw.forwarder(transport).forward_once(T0)
+    firsts = [h.first_offset for _, h in transport.sent]
+    assert firsts == sorted(firsts)
+    assert sum(h.count for _, h in transport.sent) == 600
+
+
+def test_one_call_sends_at_most_max_batches() -> None:
+    gw = Gateway()
+    for i in range(1000):
+        gw.ingest(T0 + i * 10)
+    transport = MemoryTransport()
+    forwarder = gw.forwarder(transport, max_batches=4)
+    assert forwarder.forward_once(T0).batches == 4
+    assert forwarder.forward_once(T0).batches == 4
+    assert forwarder.backlog("sensors") == 200
+
+
+def test_the_bandwidth_cap_holds_batches_back_until_the_bucket_refills() -> None:
+    gw = Gateway()
+    for i in range(400):
+        gw.ingest(T0 + i * 10, device=f"node-{i % 40}", value=(i * 7919 % 1000) / 10)
+    link = FakeLink(rtt_ms=1, bytes_per_s=10**9)
+    policy = BatchPolicy(mode="fixed", max_readings=100, linger_ms=0, max_bytes_per_s=1000)
+    forwarder = gw.forwarder(link, policy, clock=link.clock)
+    forwarder.bucket.try_take(64 * 1024, link.now_s * 1000)  # start with an empty bucket
+    result = forwarder.forward_once(T0)
+    assert result.batches == 0 and result.wait_ms > 0
+    sent_bytes = 0
+    for _ in range(200):  # 200 s of fake time, one call a second
+        link.now_s += 1.0
+        sent_bytes += forwarder.forward_once(T0).bytes
+    assert forwarder.backlog("sensors") == 0
+    assert sent_bytes <= 1000 * 200 + max(len(b) for b, _ in link.sent)
+
+
+def _sent_offsets(transport: MemoryTransport) -> list[int]:
+    return [e.offset for data, _ in transport.sent for e in decode_batch(data).entries]
+
+
+def test_a_fresh_lane_carries_new_readings_while_the_backlog_drains() -> None:
+    gw = Gateway()
+    for i in range(2000):  # an outage's backlog
+        gw.ingest(T0 + i * 10)
+    transport = MemoryTransport()
+    policy = BatchPolicy(mode="fixed", max_readings=100, linger_ms=0, fresh_share=0.5)
+    forwarder = gw.forwarder(transport, policy, max_batches=2)
+    forwarder.forward_once(T0)
+    assert forwarder.lane("sensors") == (2000, 2000)
+    for i in range(2000, 2010):  # fresh readings arrive
+        gw.ingest(T0 + i * 10)
+    forwarder.forward_once(T0)
+    assert (2000, 2009) in [(h.first_offset, h.last_offset) for _, h in transport.sent]  # long before the backlog is done
+    while forwarder.forward_once(T0).batches:
+        pass
+    assert sorted(_sent_offsets(transport)) == list(range(2010))  # each once
+    assert forwarder.lane("sensors") is None  # merged
+    assert gw.log.load_cursor(CURSOR_NAME, "sensors") == 2010
+
+
+def test_a_fresh_lane_survives_a_crash_and_the_central_side_applies_everything_once() -> None:
+    gw = Gateway()
+    for i in range(1000):
+        gw.ingest(T0 + i * 10)
+    transport = MemoryTransport()
+    policy = BatchPolicy(mode="fixed", max_readings=100, linger_ms=0, fresh_share=0.5)
+    forwarder = gw.forwarder(transport, policy, max_batches=3)
+    forwarder.forward_once(T0)
+    for i in range(1000, 1050):
+        gw.ingest(T0 + i * 10)
+    forwarder.forward_once(T0)
+
+    again = gw.reopen()  # kill -9: the cursors are as stored
+    for i in range(1050, 1100):
+        again.ingest(T0 + i * 10)
+    forwarder = again.forwarder(transport, policy, max_batches=3)
+    assert forwarder.lane("sensors") is not None
+    while forwarder.forward_once(T0).batches:
+        pass
+    assert set(_sent_offsets(transport)) == set(range(1100))
+    expander = Expander()
+    applied = [decode_reading_value(r.value)["offset"] for data, _ in transport.sent for r in expander.expand(data).records]
+    assert sorted(applied) == list(range(1100))
+
+
+def test_without_a_fresh_share_there_is_no_lane_and_order_is_strict() -> None:
+    gw = Gateway()
+    for i in range(2000):
+        gw.ingest(T0 + i * 10)
+    transport = MemoryTransport()
+    forwarder = gw.forwarder(transport, max_batches=2)
+    forwarder.forward_once(T0)
+    for i in range(2000, 2010):
+        gw.ingest(T0 + i * 10)
+    while forwarder.forward_once(T0).batches:
+        pass
+    assert forwarder.lane("sensors") is None
+    assert _sent_offsets(transport) == list(range(2010))
