@@ -71,6 +71,13 @@ class Mosquitto:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         conf = self.state_dir / "mosquitto.conf"
         text = _TEMPLATE.read_text().replace("@PORT@", str(self.port)).replace("@DIR@", str(self.state_dir))
+        if os.geteuid() == 0:
+            # Started as root, Mosquitto drops to the "mosquitto" user, which
+            # cannot write a state directory private to root: persistence would
+            # fail (logged, not fatal) and a restart would lose every queued
+            # message. This launcher runs local brokers for demos and tests;
+            # the gateway's production broker is Debian's service.
+            text += "user root\n"
         conf.write_text(text + self.extra_config + "\n")
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self._process = subprocess.Popen(
