@@ -94,6 +94,7 @@ class Publisher:
         self.t0, self.step_ms = t0, step_ms
         self.sent = 0
         self._pending: dict[int, list[Key]] = {}
+        self._early: set[int] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._paused = threading.Event()
@@ -108,8 +109,11 @@ class Publisher:
 
     def _on_publish(self, client: object, userdata: object, mid: int, reason: object, properties: object) -> None:
         with self._lock:
-            for key in self._pending.pop(mid, []):
-                self.accepted.add(key)
+            keys = self._pending.pop(mid, None)
+            if keys is None:  # the PUBACK beat the publishing thread to registering the message
+                self._early.add(mid)
+            else:
+                self.accepted.update(keys)
 
     @property
     def acked(self) -> int:
@@ -131,9 +135,16 @@ class Publisher:
                 device = f"node-{i % 5}"
                 payload = json.dumps({"d": device, "b": 77, "s": i // 2, "ts": ts, "values": {"t": i, "rh": i % 90}})
                 keys = [(device, "t", ts), (device, "rh", ts)]
+            # Not under self._lock: paho calls on_publish holding its own lock,
+            # and publish() takes that lock; holding ours across it deadlocks
+            # when a reconnect resends while we publish.
+            info = self._client.publish("sensors/x", payload.encode(), qos=1)
             with self._lock:
-                info = self._client.publish("sensors/x", payload.encode(), qos=1)
-                self._pending[info.mid] = keys
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                    self.accepted.update(keys)
+                else:
+                    self._pending[info.mid] = keys
             self.sent += 1
             i += 1
             time.sleep(1 / self.rate_hz)
@@ -333,12 +344,20 @@ class Central:
             by_id[str(doc["id"])] += 1
         return by_key, by_id
 
-    def wait_for(self, accepted: set[Key], timeout: float = 90.0) -> tuple[Counter[Key], Counter[str]]:
-        """Read the readings topic until it holds every accepted reading (or ``timeout``), then once more."""
+    def wait_for(self, accepted: set[Key], timeout: float = 90.0, quiet_s: float = 10.0) -> tuple[Counter[Key], Counter[str]]:
+        """Read the readings topic until it holds every accepted reading, then once more.
+
+        Gives up after ``timeout``, or once the topic has not grown for
+        ``quiet_s`` (readings that became dead letters never arrive).
+        """
         deadline = time.monotonic() + timeout
+        last_size, last_change = -1, time.monotonic()
         while True:
             by_key, by_id = self.readings_by_key()
-            if set(by_key) >= accepted or time.monotonic() > deadline:
+            now = time.monotonic()
+            if len(by_key) != last_size:
+                last_size, last_change = len(by_key), now
+            if set(by_key) >= accepted or now > deadline or now - last_change > quiet_s:
                 break
             time.sleep(1.0)
         time.sleep(2.0)  # anything still in flight lands, so a late duplicate would show
