@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import random
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -165,43 +162,17 @@ def test_kill_9_cycles_along_the_pipeline_lose_and_duplicate_nothing(
 # -- 2. Mosquitto stopped and started (persistence on) while publishing --------------------------------
 
 
-@pytest.fixture
-def persistent_mosquitto() -> Iterator[Mosquitto]:
-    """A Mosquitto that can write its persistence file even when the tests run as root.
-
-    Started as root, Mosquitto drops to the ``mosquitto`` user, which cannot
-    write into pytest's root-only temporary directories: the ``mosquitto``
-    fixture's broker then loses its queue at every restart (see
-    ``test_the_launcher_run_as_root_keeps_its_persistence_file`` below). This
-    one lives in a directory of its own that the ``mosquitto`` user owns.
-    """
-    state = Path(tempfile.mkdtemp(prefix="tidegate-fault-mosquitto-"))
-    if os.geteuid() == 0:
-        with contextlib.suppress(LookupError):
-            shutil.chown(state, "mosquitto", "mosquitto")
-    broker = Mosquitto(state)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-        shutil.rmtree(state, ignore_errors=True)
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="only a broker started as root drops privileges")
-@pytest.mark.xfail(strict=True, reason="edge/mosquitto.py: as root, Mosquitto runs as user mosquitto and cannot write "
-                   "its persistence file into the root-owned state dir, so queued messages die with a restart")
-def test_the_launcher_run_as_root_keeps_its_persistence_file(mosquitto: Mosquitto) -> None:
+def test_the_launcher_keeps_its_persistence_file_when_run_as_root(mosquitto: Mosquitto) -> None:
+    """Without it every restart below would lose the broker's queue (it did, until edge/mosquitto.py kept root)."""
     mosquitto.stop()  # SIGTERM: Mosquitto saves its persistence file now
     assert list(mosquitto.state_dir.glob("*.db")), (mosquitto.state_dir / "mosquitto.log").read_text()[-500:]
 
 
 @modes(quick=3, long=20)
 def test_mosquitto_restarts_lose_and_duplicate_nothing(
-    mode: str, cycles: int, persistent_mosquitto: Mosquitto, central: Central, tmp_path: Path,
+    mode: str, cycles: int, mosquitto: Mosquitto, central: Central, tmp_path: Path,
     supervise: Supervise
 ) -> None:
-    mosquitto = persistent_mosquitto
     rng = random.Random(cycles)
     started = time.monotonic()
     data_dir = tmp_path / "gateway"
