@@ -83,6 +83,16 @@ _PRIOR_READING_BYTES = 8.0  # compressed bytes per reading before the first send
 _MIN_READING_BYTES = 0.5
 
 
+def _lingered(oldest_received_ms: int, now_ms: int, linger_ms: int) -> bool:
+    """Whether a run whose first reading arrived at ``oldest_received_ms`` has waited long enough.
+
+    A receive time in the future means the gateway's clock was stepped back
+    since: the wait cannot be measured, and waiting for the clock to catch up
+    could hold the run for days, so it has waited long enough.
+    """
+    return now_ms < oldest_received_ms or now_ms - oldest_received_ms >= linger_ms
+
+
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
     """How the bridge batches: ``[batch]`` in the configuration file.
@@ -137,7 +147,7 @@ class BatchPolicy:
                 window, so no more readings can join this run.
             now_ms: the current gateway time.
         """
-        return count >= self.max_readings or window_ended or now_ms - oldest_received_ms >= self.linger_ms
+        return count >= self.max_readings or window_ended or _lingered(oldest_received_ms, now_ms, self.linger_ms)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -167,7 +177,7 @@ class Limits:
             count >= self.max_readings
             or size >= self.max_bytes
             or window_ended
-            or now_ms - oldest_received_ms >= self.linger_ms
+            or _lingered(oldest_received_ms, now_ms, self.linger_ms)
         )
 
 

@@ -249,16 +249,11 @@ CLOCK_STEPS: list[tuple[str, Callable[[SteppableClock, float], None]]] = [
 ]
 
 
-LINGER_BUG = ("bridge/forwarder.py _cut -> core/batching.py should_close: linger is now_ms - first.received_ms, both "
-              "gateway wall clock; readings received while the clock was days ahead wait, after it is stepped back, "
-              "until the wall clock passes their receive time again (days) unless max_readings fill the batch")
-
-
 @modes(quick=1, long=5)
 @pytest.mark.parametrize("step", [
     pytest.param(0, id="hour-back"),
     pytest.param(1, id="to-1970"),
-    pytest.param(2, id="days-ahead", marks=pytest.mark.xfail(strict=True, reason=LINGER_BUG)),
+    pytest.param(2, id="days-ahead"),
 ])
 def test_clock_steps_keep_device_time_and_lose_nothing(
     step: int, mode: str, cycles: int, mosquitto: Mosquitto, central: Central, tmp_path: Path,

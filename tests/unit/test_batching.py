@@ -228,3 +228,13 @@ def test_limits_always_stay_within_the_caps(rate: float, rtt: float, bandwidth: 
     assert 1 <= limits.max_readings <= 5000
     assert 0 <= limits.linger_ms <= 700
     assert limits.max_bytes == 100_000
+
+
+def test_a_clock_stepped_back_does_not_hold_a_run() -> None:
+    # Readings received while the clock was three days ahead, and the clock set right since:
+    # their receive times lie in the future; the run goes now instead of in three days.
+    from core.batching import BatchPolicy
+
+    policy = BatchPolicy()
+    received = 1_767_225_600_000 + 3 * 86_400_000
+    assert policy.should_close(1, received, False, received - 3 * 86_400_000)
