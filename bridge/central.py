@@ -32,6 +32,9 @@ same ``transactional.id``, which fences the old one's requests, then a rewind
 to the committed offsets and a reload of the state: the defence Jepsen's 2024
 analysis of Kafka transactions recommends for clients without KIP-890).
 
+:class:`bridge.mqtt_upstream.MqttBatchSource` feeds the same pure part from an
+upstream MQTT broker (``--mqtt``).
+
 Run it with ``python -m bridge.central --help``.
 """
 
@@ -47,12 +50,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import umsgpack
 
 from core.batch import BatchHeader, decode_batch
 from core.errors import BatchFormatError
 from bridge.errors import BridgeError, UpstreamConfigError
+
+if TYPE_CHECKING:
+    from bridge.mqtt_upstream import MqttBatchSource
 
 __all__ = [
     "FORMAT_JSON",
@@ -68,6 +75,11 @@ __all__ = [
     "reading_key",
     "encode_reading_value",
     "decode_reading_value",
+    "state_reader_config",
+    "producer_config",
+    "load_state",
+    "produce",
+    "create_topics",
     "main",
 ]
 
@@ -354,6 +366,92 @@ class ExpanderStats:
     state_loads: int = 0
 
 
+def state_reader_config(config: CentralConfig) -> dict[str, object]:
+    """A consumer that reads the state topic to its end and never joins a group."""
+    return {
+        "bootstrap.servers": config.bootstrap,
+        **config.settings,
+        "group.id": f"{config.group_id}.state-reader",  # never joins or commits; librdkafka wants a name
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        # At the end of a partition the broker would hold each fetch for
+        # fetch.wait.max.ms (500) before the EOF; the reader wants it now.
+        "fetch.wait.max.ms": 10,
+    }
+
+
+def producer_config(config: CentralConfig, transactional_id: str) -> dict[str, object]:
+    """The expander's transactional producer."""
+    return {
+        "bootstrap.servers": config.bootstrap,
+        **config.settings,
+        "transactional.id": transactional_id,
+        "transaction.timeout.ms": config.transaction_timeout_ms,
+        "message.timeout.ms": config.transaction_timeout_ms,
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": "lz4",
+        "linger.ms": 10,
+        "batch.size": 1_000_000,
+        # The Java client's partitioner, so that every client agrees where a series lives.
+        "partitioner": "murmur2_random",
+    }
+
+
+def load_state(reader: object, config: CentralConfig, partitions: set[int], expander: Expander,
+               key_partition: dict[str, int]) -> None:
+    """Read state partitions to their end (read_committed) into ``expander``.
+
+    Args:
+        reader: a Consumer made with :func:`state_reader_config`; left unassigned.
+        partitions: the state partitions to read.
+        key_partition: filled with the partition of each key read.
+
+    Raises:
+        BridgeError: the topic cannot be read, or not to its end within the timeout.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+    waiting = set()
+    for p in partitions:
+        low, high = reader.get_watermark_offsets(  # type: ignore[attr-defined]
+            TopicPartition(config.state_topic, p), timeout=config.operation_timeout_s, cached=False)
+        if high > low:
+            waiting.add(p)
+    if not waiting:
+        return
+    reader.assign([TopicPartition(config.state_topic, p, OFFSET_BEGINNING) for p in waiting])  # type: ignore[attr-defined]
+    deadline = time.monotonic() + config.operation_timeout_s
+    try:
+        while waiting:
+            if time.monotonic() > deadline:
+                raise BridgeError(f"state partitions {sorted(waiting)} not read to the end in time")
+            for message in reader.consume(1000, 0.2):  # type: ignore[attr-defined]
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        waiting.discard(message.partition())
+                        continue
+                    raise BridgeError(f"cannot read the state topic: {error}")
+                key = message.key().decode()
+                expander.load(key, message.value())
+                key_partition[key] = message.partition()
+    finally:
+        reader.unassign()  # type: ignore[attr-defined]
+
+
+def produce(producer: object, topic: str, key: bytes | None, value: bytes, **kwargs: object) -> None:
+    """``producer.produce``, waiting while librdkafka's local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, **kwargs)  # type: ignore[attr-defined]
+            return
+        except BufferError:
+            producer.poll(0.05)  # type: ignore[attr-defined]
+
+
 class KafkaExpander:
     """One expander instance: a consumer-group member with a transactional producer.
 
@@ -376,9 +474,9 @@ class KafkaExpander:
         self.transactional_id = config.transactional_id or f"{config.group_id}-{uuid.uuid4().hex[:12]}"
         self._key_partition: dict[str, int] = {}
         self._assigned: set[int] = set()
-        common = {"bootstrap.servers": config.bootstrap, **config.settings}
         self._consumer = Consumer({
-            **common,
+            "bootstrap.servers": config.bootstrap,
+            **config.settings,
             "group.id": config.group_id,
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
@@ -386,30 +484,8 @@ class KafkaExpander:
             "auto.offset.reset": "earliest",
             **({"group.instance.id": self.transactional_id} if config.instance_id else {}),
         })
-        self._state_reader = Consumer({
-            **common,
-            "group.id": f"{config.group_id}.state-reader",  # never joins or commits; librdkafka wants a name
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            # At the end of a partition the broker would hold each fetch for
-            # fetch.wait.max.ms (500) before the EOF; the reader wants it now.
-            "fetch.wait.max.ms": 10,
-        })
-        self._producer_config = {
-            **common,
-            "transactional.id": self.transactional_id,
-            "transaction.timeout.ms": config.transaction_timeout_ms,
-            "message.timeout.ms": config.transaction_timeout_ms,
-            "acks": "all",
-            "enable.idempotence": True,
-            "compression.type": "lz4",
-            "linger.ms": 10,
-            "batch.size": 1_000_000,
-            # The Java client's partitioner, so that every client agrees where a series lives.
-            "partitioner": "murmur2_random",
-        }
+        self._state_reader = Consumer(state_reader_config(config))
+        self._producer_config = producer_config(config, self.transactional_id)
         self._producer = None
 
     # -- life cycle ---------------------------------------------------------
@@ -527,40 +603,12 @@ class KafkaExpander:
             del self._key_partition[key]
 
     def _load_state(self, numbers: set[int]) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
         if not numbers:
             return
         self.stats.state_loads += 1
         gone = [key for key, p in self._key_partition.items() if p in numbers]
         self.expander.forget(gone)
-        reader = self._state_reader
-        waiting = set()
-        for p in numbers:
-            low, high = reader.get_watermark_offsets(TopicPartition(self.config.state_topic, p),
-                                                     timeout=self.config.operation_timeout_s, cached=False)
-            if high > low:
-                waiting.add(p)
-        if not waiting:
-            return
-        reader.assign([TopicPartition(self.config.state_topic, p, OFFSET_BEGINNING) for p in waiting])
-        deadline = time.monotonic() + self.config.operation_timeout_s
-        try:
-            while waiting:
-                if time.monotonic() > deadline:
-                    raise BridgeError(f"state partitions {sorted(waiting)} not read to the end in time")
-                for message in reader.consume(1000, 0.2):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            waiting.discard(message.partition())
-                            continue
-                        raise BridgeError(f"cannot read the state topic: {error}")
-                    key = message.key().decode()
-                    self.expander.load(key, message.value())
-                    self._key_partition[key] = message.partition()
-        finally:
-            reader.unassign()
+        load_state(self._state_reader, self.config, numbers, self.expander, self._key_partition)
 
     # -- the transaction ----------------------------------------------------
 
@@ -623,14 +671,7 @@ class KafkaExpander:
         counts.readings += len(expansion.records)
         counts.duplicates += expansion.duplicates
 
-    @staticmethod
-    def _produce(producer: object, topic: str, key: bytes | None, value: bytes, **kwargs: object) -> None:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, **kwargs)  # type: ignore[attr-defined]
-                return
-            except BufferError:
-                producer.poll(0.05)  # type: ignore[attr-defined]  # the local queue is full: let it drain
+    _produce = staticmethod(produce)
 
     def _recover(self) -> None:
         """After any failed transaction: new producer, rewind to committed offsets, reload state.
@@ -709,6 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--readings-partitions", type=int, default=6, help="partitions of a created readings topic")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra librdkafka setting")
+    parser.add_argument("--mqtt", default="", metavar="HOST:PORT",
+                        help="read batches from an upstream MQTT broker (tidegate/batches/#) instead of the batch topic")
     parser.add_argument("--status", action="store_true", help="print a JSON line of counts after each transaction")
     return parser
 
@@ -744,7 +787,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def status(stats: ExpanderStats) -> None:
         print(json.dumps(stats.__dict__), flush=True)
 
-    runner = KafkaExpander(config, on_transaction=status if args.status else None)
+    runner: KafkaExpander | MqttBatchSource
+    if args.mqtt:
+        from bridge.mqtt_upstream import MqttBatchSource
+
+        runner = MqttBatchSource.from_address(args.mqtt, config, on_transaction=status if args.status else None)
+    else:
+        runner = KafkaExpander(config, on_transaction=status if args.status else None)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     try:
         stats = runner.run(duration_s=args.duration)

@@ -21,6 +21,7 @@ from core.batch import BatchHeader, kafka_headers, kafka_key
 from bridge.errors import TransportError, UpstreamConfigError
 
 __all__ = ["Transport", "MemoryTransport", "SpoolTransport", "KafkaTransport", "open_upstream", "spool_file_name"]
+# MqttTransport lives in bridge/mqtt_upstream.py; open_upstream makes it for mqtt:// addresses.
 
 
 class Transport(Protocol):
@@ -177,6 +178,11 @@ def open_upstream(url: str, settings: Mapping[str, str] | None = None) -> Transp
     * ``spool:DIR`` or ``spool:///abs/dir``: batch files in a directory;
     * ``kafka://host:port[,host:port]/topic``: a Kafka batch topic (default
       topic ``tidegate.batches``); query parameters are librdkafka settings.
+    * ``mqtt://[user:pass@]host[:port][/prefix]`` or ``mqtts://...`` (TLS): an
+      upstream MQTT broker, batches on ``<prefix>/<gateway>/<stream>``
+      (default prefix ``tidegate/batches``) with QoS 1; settings
+      ``client_id``, ``username``, ``password``, ``ca_file``, ``timeout_s``,
+      ``keepalive_s`` (bridge/mqtt_upstream.py).
 
     Raises:
         UpstreamConfigError: the address is not one of these.
@@ -194,4 +200,29 @@ def open_upstream(url: str, settings: Mapping[str, str] | None = None) -> Transp
         merged = dict(parse_qsl(parts.query))
         merged.update(settings or {})
         return KafkaTransport(parts.netloc, topic, merged)
-    raise UpstreamConfigError(f"upstream {url!r}: scheme must be spool: or kafka://")
+    if parts.scheme in ("mqtt", "mqtts"):
+        from bridge.mqtt_upstream import DEFAULT_PREFIX, MqttTransport, MqttUpstreamConfig
+
+        if not parts.hostname:
+            raise UpstreamConfigError(f"upstream {url!r}: mqtt needs a host, e.g. mqtt://broker.example.net:1883")
+        options = dict(parse_qsl(parts.query))
+        options.update(settings or {})
+        unknown = set(options) - {"client_id", "username", "password", "ca_file", "timeout_s", "keepalive_s"}
+        if unknown:
+            raise UpstreamConfigError(f"upstream {url!r}: unknown MQTT settings {sorted(unknown)}")
+        try:
+            return MqttTransport(MqttUpstreamConfig(
+                host=parts.hostname,
+                port=parts.port or (8883 if parts.scheme == "mqtts" else 1883),
+                prefix=parts.path.strip("/") or DEFAULT_PREFIX,
+                client_id=options.get("client_id", "tidegate-bridge"),
+                username=options.get("username", parts.username),
+                password=options.get("password", parts.password),
+                tls=parts.scheme == "mqtts",
+                ca_file=options.get("ca_file"),
+                timeout_s=float(options.get("timeout_s", 30.0)),
+                keepalive_s=int(options.get("keepalive_s", 30)),
+            ))
+        except ValueError as exc:
+            raise UpstreamConfigError(f"upstream {url!r}: {exc}") from exc
+    raise UpstreamConfigError(f"upstream {url!r}: scheme must be spool:, kafka:// or mqtt(s)://")
