@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from core.batch import Entry, decode_header, encode_batch
-from core.batching import BatchController, BatchPolicy, Limits
+from core.batching import CLOCK_STEP_MS, BatchController, BatchPolicy, Limits
 from core.deadletter import DEAD_LETTER_STREAM
 from core.errors import InvalidReading
 from core.ratelimit import TokenBucket, Unlimited
@@ -165,6 +165,7 @@ class Forwarder:
         self._cursors: dict[str, int] = {}
         self._lanes: dict[str, _Lane | None] = {}
         self._served: dict[str, int] = {}  # stream -> step it last sent at (round robin)
+        self._lingering: dict[tuple[str, bool], tuple[int, int]] = {}  # (stream, lane) -> (start, due at ms)
         self._step = 0
         self._fresh_bytes = 0.0
         self._all_bytes = 0.0
@@ -225,6 +226,13 @@ class Forwarder:
     def _cut(self, stream: str, start: int, stop: int | None, limits: Limits, now_ms: int,
              lane: bool, fresh: bool) -> _Run | None:
         """The run of one window from ``start`` (below ``stop``), if it is due now."""
+        # The bridge polls often; a run found lingering is not read and
+        # decoded again until its linger is over or enough has arrived to
+        # fill it. (A record of the next window then waits out the linger.)
+        wait = self._lingering.get((stream, lane))
+        if wait is not None and wait[0] == start and now_ms < wait[1] <= now_ms + limits.linger_ms + CLOCK_STEP_MS \
+                and self.source.durable_offset(stream) - start < limits.max_readings:
+            return None  # (a due time further off means the clock was stepped back: look again)
         records = self.source.read(stream, start, limits.max_readings + 1, max_bytes=limits.max_bytes + 65_536)
         if stop is not None:
             records = [r for r in records if r.offset < stop]
@@ -244,6 +252,7 @@ class Forwarder:
         full = count < len(records) and not window_ended  # stopped by a cap, more are waiting
         first = _decode(stream, records[0])
         if not full and not limits.should_close(count, size, first.received_ms, window_ended, now_ms):
+            self._lingering[(stream, lane)] = (start, first.received_ms + limits.linger_ms)
             return None
         return _Run(stream, lane, records[:count], window, fresh, self.priorities.get(stream, 0), first)
 

@@ -61,6 +61,7 @@ __all__ = [
     "PER_REQUEST_BYTES",
     "BATCH_HEADER_BYTES",
     "OVERHEAD_SHARE",
+    "CLOCK_STEP_MS",
 ]
 
 MODES = ("adaptive", "fixed")
@@ -83,14 +84,23 @@ _PRIOR_READING_BYTES = 8.0  # compressed bytes per reading before the first send
 _MIN_READING_BYTES = 0.5
 
 
+#: A receive time further than this in the future means the clock was stepped back.
+CLOCK_STEP_MS = 1_000
+
+
 def _lingered(oldest_received_ms: int, now_ms: int, linger_ms: int) -> bool:
     """Whether a run whose first reading arrived at ``oldest_received_ms`` has waited long enough.
 
-    A receive time in the future means the gateway's clock was stepped back
-    since: the wait cannot be measured, and waiting for the clock to catch up
-    could hold the run for days, so it has waited long enough.
+    A receive time well in the future (more than ``CLOCK_STEP_MS``) means the
+    gateway's clock was stepped back since: the wait cannot be measured, and
+    waiting for the clock to catch up could hold the run for days, so it has
+    waited long enough. A receive time a little in the future is ordinary: a
+    reading that arrived during the bridge's pass, stamped after the pass read
+    the clock; it waits its linger like any other.
     """
-    return now_ms < oldest_received_ms or now_ms - oldest_received_ms >= linger_ms
+    if oldest_received_ms - now_ms > CLOCK_STEP_MS:
+        return True
+    return now_ms - oldest_received_ms >= linger_ms
 
 
 @dataclass(frozen=True, slots=True)

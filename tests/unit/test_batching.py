@@ -238,3 +238,13 @@ def test_a_clock_stepped_back_does_not_hold_a_run() -> None:
     policy = BatchPolicy()
     received = 1_767_225_600_000 + 3 * 86_400_000
     assert policy.should_close(1, received, False, received - 3 * 86_400_000)
+
+
+def test_a_receive_time_a_little_in_the_future_still_lingers() -> None:
+    # A reading that arrived while the bridge was sending, stamped after the
+    # bridge read the clock: an ordinary run, not a clock step.
+    limits = Limits(max_readings=100, max_bytes=10_000, linger_ms=200)
+    assert not limits.should_close(1, 10, T0 + 5, False, T0)
+    assert not BatchPolicy(linger_ms=200).should_close(1, T0 + 900, False, T0)
+    assert limits.should_close(1, 10, T0 + 5, False, T0 + 205)
+    assert limits.should_close(1, 10, T0 + 60_000, False, T0)  # a minute ahead: the clock was stepped back

@@ -398,3 +398,14 @@ def test_without_a_fresh_share_there_is_no_lane_and_order_is_strict() -> None:
         pass
     assert forwarder.lane("sensors") is None
     assert _sent_offsets(transport) == list(range(2010))
+
+
+def test_a_clock_stepped_back_does_not_hold_a_lingering_run() -> None:
+    gw = Gateway()
+    gw.now = T0 + 3 * 86_400_000  # the gateway's clock is three days ahead
+    for i in range(10):
+        gw.ingest(T0 + i * 100)
+    transport = MemoryTransport()
+    forwarder = gw.forwarder(transport, BatchPolicy(mode="fixed", max_readings=100, linger_ms=500))
+    assert forwarder.forward_once(gw.now).batches == 0  # lingering
+    assert forwarder.forward_once(T0 + 1000).batches == 1  # the clock set right: the run goes now
