@@ -63,7 +63,11 @@ _MAX_NAME = 255
 _VALUES_PLAIN = 0
 _VALUES_DECIMAL = 1
 _VALUES_INT = 2
+_VALUES_DECIMAL_PATCHED = 3
 _MAX_DECIMALS = 9
+# A patched decimal column pays about 10 bytes per exception (its index and a
+# float 64) against 4 or 5 saved per value, so past a third it is not worth it.
+_MAX_EXCEPTION_SHARE = 3
 # n / 10**k is exact IEEE division only while n fits a double's mantissa.
 _MAX_EXACT_INT = 2**53
 
@@ -115,23 +119,63 @@ def _undeltas(deltas: Sequence[int], base: int) -> list[int]:
     return out
 
 
+def _scaled(v: Value, scale: int) -> int | None:
+    """The n with v == n / scale exactly, or None."""
+    # Beyond 2**53 no float carries decimals, and scaling could overflow.
+    # -0.0 equals 0 / 1 but would come back as +0.0, so it is never scaled.
+    if type(v) is not float or not abs(v) < _MAX_EXACT_INT or math.copysign(1.0, v) < 0:
+        return None
+    n = round(v * scale)
+    if abs(n) > _MAX_EXACT_INT or n / scale != v:
+        return None
+    return n
+
+
 def _decimal_scale(values: Sequence[Value]) -> tuple[int, list[int]] | None:
     """Smallest k with every value == n / 10**k exactly, and the n's; else None."""
-    # Beyond 2**53 no float carries decimals, and scaling could overflow.
-    # -0.0 equals 0 / 1 but would come back as +0.0, so it stays plain.
-    if not all(type(v) is float and abs(v) < _MAX_EXACT_INT and math.copysign(1.0, v) > 0 for v in values):
-        return None
     for k in range(_MAX_DECIMALS + 1):
         scale = 10**k
         ns = []
         for v in values:
-            n = round(v * scale)  # type: ignore[operator]
-            if abs(n) > _MAX_EXACT_INT or n / scale != v:
+            n = _scaled(v, scale)
+            if n is None:
                 break
             ns.append(n)
         else:
             return k, ns
     return None
+
+
+def _patched_decimal(values: Sequence[Value]) -> list[object] | None:
+    """A kind 3 column: decimals at the scale most values fit, the rest as exceptions.
+
+    Real series hold a few values a decimal scale cannot give back: a sensor's
+    float noise (74.93588199999998 among values of eight decimals), an int
+    among floats, a -0.0. Kind 1 would fall back to plain 9-byte floats for the
+    whole column for one such value; kind 3 keeps the deltas and lists the odd
+    values by index. Returns None when most values fit no scale.
+    """
+    if sum(type(v) is not float for v in values) * _MAX_EXCEPTION_SHARE > len(values):
+        return None  # strings, bools or ints: nothing to scale
+    misses, k, ns = len(values) + 1, 0, []
+    for scale_k in range(_MAX_DECIMALS + 1):
+        scale = 10**scale_k
+        scaled = [_scaled(v, scale) for v in values]
+        if scaled.count(None) < misses:  # the smallest k with the fewest exceptions
+            misses, k, ns = scaled.count(None), scale_k, scaled
+    if misses * _MAX_EXCEPTION_SHARE > len(values):
+        return None
+    exceptions: dict[int, Value] = {}
+    deltas = []
+    previous = 0
+    for i, (n, v) in enumerate(zip(ns, values)):
+        if n is None:
+            # The exception's slot repeats the previous n, a one-byte zero delta.
+            exceptions[i] = v
+            n = previous
+        deltas.append(n - previous)
+        previous = n
+    return [_VALUES_DECIMAL_PATCHED, k, exceptions, *deltas]
 
 
 def _fits_int64(numbers: Sequence[int]) -> bool:
@@ -149,6 +193,9 @@ def _encode_values(values: Sequence[Value]) -> list[object]:
     if scaled is not None:
         k, ns = scaled
         return [_VALUES_DECIMAL, k, *_deltas(ns, 0)]
+    patched = _patched_decimal(values)
+    if patched is not None:
+        return patched
     return [_VALUES_PLAIN, *values]
 
 
@@ -313,6 +360,15 @@ def _decode_values(column: object, n: int) -> list[Value]:
             raise _bad("decimal values column needs a scale 0..9", "bad_body", "values")
         scale = 10 ** rest[0]
         values = [n / scale for n in _undeltas(_int_list(rest[1:], "values"), 0)]
+    elif kind == _VALUES_DECIMAL_PATCHED:
+        if len(rest) < 2 or type(rest[0]) is not int or not 0 <= rest[0] <= _MAX_DECIMALS:
+            raise _bad("patched decimal values column needs a scale 0..9", "bad_body", "values")
+        exceptions = rest[1]
+        if not isinstance(exceptions, dict) or not all(type(i) is int and 0 <= i < n for i in exceptions):
+            raise _bad("patched decimal exceptions must map reading indexes to values", "bad_body", "values")
+        scale = 10 ** rest[0]
+        ns = _undeltas(_int_list(rest[2:], "values"), 0)
+        values = [exceptions[i] if i in exceptions else m / scale for i, m in enumerate(ns)]
     else:
         raise _bad(f"unknown values column kind {kind!r}", "bad_body", "values")
     if len(values) != n:

@@ -277,7 +277,7 @@ def test_replay_resends_a_window_with_the_original_ids(config_file: Path, tmp_pa
 def test_replay_to_a_bad_upstream_is_refused(config_file: Path, tmp_path: Path) -> None:
     done = tidegate("replay", "--config", str(config_file), "--stream", "sensors", "--from", str(T0),
                     "--upstream", "ftp://x", cwd=tmp_path, check_rc=2)
-    assert "scheme must be spool: or kafka://" in done.stderr
+    assert "scheme must be spool:, kafka:// or mqtt(s)://" in done.stderr
 
 
 # --------------------------------------------------------------------------- fsck

@@ -182,3 +182,87 @@ def test_integer_values_at_both_ends_of_64_bits_round_trip() -> None:
     t0 = WINDOW.start_ms
     entries = [Entry(i, Reading("d", "m", t0 + i, v, t0 + i)) for i, v in enumerate([2**64 - 1, -(2**63), 0, 2**63])]
     assert decode_batch(encode_batch("gw", "s", WINDOW, entries)).entries == tuple(entries)
+
+
+def _series_values(batch: bytes) -> object:
+    """The values column of the first series of an uncompressed batch."""
+    from core import msgpack_codec
+
+    header = decode_header(batch)
+    body = batch[len(batch) - header.body_length :]
+    return msgpack_codec.unpackb(body)[0][4]  # type: ignore[index]
+
+
+def test_a_few_odd_values_keep_the_column_decimal_with_exceptions() -> None:
+    t0 = WINDOW.start_ms
+    values = [21.5, 21.75, 22, 22.0]
+    entries = [Entry(i, Reading("d", "m", t0 + i, v, t0 + i)) for i, v in enumerate(values)]
+    batch = encode_batch("gw", "s", WINDOW, entries, COMPRESSION_NONE)
+    # The example of docs/batch_format.md, "values column" kind 3, byte for byte.
+    assert bytes.fromhex("970302810216cd0866190019") in batch
+    decoded = [e.reading.value for e in decode_batch(batch).entries]
+    assert [repr(v) for v in decoded] == [repr(v) for v in values]
+
+
+def test_float_noise_in_a_real_series_costs_its_own_bytes_not_the_columns() -> None:
+    t0 = WINDOW.start_ms
+    clean = [70 + i / 100 for i in range(200)]
+    noisy = list(clean)
+    noisy[17] = 74.93588199999998  # as in the NAB machine-temperature series
+    sizes = []
+    for values in (clean, noisy):
+        entries = [Entry(i, Reading("d", "m", t0 + i * 1000, v, t0 + i * 1000)) for i, v in enumerate(values)]
+        batch = encode_batch("gw", "s", WINDOW, entries, COMPRESSION_NONE)
+        assert [e.reading.value for e in decode_batch(batch).entries] == values
+        sizes.append(len(batch))
+    assert _series_values(batch)[:3] == [3, 2, {17: 74.93588199999998}]  # type: ignore[index]
+    assert sizes[1] - sizes[0] <= 12  # one exception, not 200 plain floats
+
+
+odd_values = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),  # -0.0, float noise
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.booleans(),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(-(10**7), 10**7), min_size=1, max_size=50),
+    st.integers(0, 6),
+    st.dictionaries(st.integers(0, 49), odd_values, max_size=20),
+)
+def test_mostly_decimal_columns_with_odd_values_round_trip_bit_for_bit(ns, k, odd) -> None:  # type: ignore[no-untyped-def]
+    values = [n / 10**k for n in ns]
+    for i, v in odd.items():
+        if i < len(values):
+            values[i] = v
+    t0 = WINDOW.start_ms
+    entries = [Entry(i, Reading("d", "m", t0 + i, v, t0 + i)) for i, v in enumerate(values)]
+    decoded = decode_batch(encode_batch("gw", "s", WINDOW, entries)).entries
+    assert [(type(e.reading.value), repr(e.reading.value)) for e in decoded] == [(type(v), repr(v)) for v in values]
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        [3, 2, {4: 1.0}, 1, 2, 3],  # exception index past the series
+        [3, 2, {-1: 1.0}, 1, 2, 3],
+        [3, 2, [1.0], 1, 2, 3],  # exceptions not a map
+        [3, 10, {}, 1, 2, 3],  # scale out of range
+        [3, 2, {0: [1]}, 1, 2, 3],  # exception value not a reading value
+        [3, 2],
+    ],
+)
+def test_a_bad_patched_decimal_column_is_a_batch_format_error(column: list[object]) -> None:
+    from core import msgpack_codec
+
+    import google_crc32c
+    import struct
+
+    body = msgpack_codec.packb([["d", "m", [0, 1, 1], [0, 1, 1], column, [0, 0, 0], 0]])
+    head = struct.pack(">qIQQII", WINDOW.start_ms, WINDOW.length_ms, 0, 2, 3, len(body)) + b"\x02gw\x01s"
+    tail = head + body
+    batch = b"TGBT\x01\x01\x00\x00" + struct.pack(">I", google_crc32c.value(tail)) + tail
+    with pytest.raises(BatchFormatError):
+        decode_batch(batch)
