@@ -1,11 +1,12 @@
 """Memory of the gateway over time at a steady rate (a soak).
 
-Run: python -m bench.bench_soak [--minutes 3] [--rate 1000] [--long]
+Run: python -m bench.bench_soak [--minutes 3] [--rate 1000] [--long | --quick]
 
 The gateway (``tidegate run``, its own process, spool upstream) ingests a
 simulated fleet at ``--rate`` readings/s; its resident memory (VmRSS) and CPU
-time are sampled every second. ``--long`` is the 30-minute soak. Writes
-``docs/bench/soak.json``; ``python -m bench.plots`` draws it.
+time are sampled every second. ``--long`` is the 30-minute soak, ``--quick``
+a 30-second smoke run. Writes ``docs/bench/soak.json`` (a ``--quick`` run only
+with ``--out``); ``python -m bench.plots`` draws it.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--long", action="store_true", help="30 minutes")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "soak.json")
+    parser.add_argument("--quick", action="store_true", help="30 seconds; docs/bench/soak.json left alone")
+    parser.add_argument("--out", type=Path, default=None, help="default docs/bench/soak.json")
     args = parser.parse_args(argv)
-    seconds = 1800.0 if args.long else args.minutes * 60
+    seconds = 1800.0 if args.long else 30.0 if args.quick else args.minutes * 60
+    if args.out is None and not args.quick:
+        args.out = ROOT / "docs" / "bench" / "soak.json"
     samples: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp) / "mq") as mq:
         gateway = subprocess.Popen(
@@ -49,11 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             gateway.terminate()
             gateway.wait(30)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(), "rate": args.rate, "samples": samples}, indent=0))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": machine(), "rate": args.rate, "samples": samples}, indent=0))
     rss = [s["rss_mb"] for s in samples]
+    cpu = samples[-1]["cpu_s"] - samples[0]["cpu_s"]
     print(f"{len(samples)} samples at {args.rate:.0f} readings/s: RSS start {rss[0]:.1f} MB, "
-          f"max {max(rss):.1f} MB, end {rss[-1]:.1f} MB; CPU {samples[-1]['cpu_s'] - samples[0]['cpu_s']:.1f} s")
+          f"max {max(rss):.1f} MB, end {rss[-1]:.1f} MB; CPU {cpu:.1f} s")
+    print(f"headline: RSS max {max(rss):.1f} MB over {seconds / 60:.1f} min at {args.rate:.0f} readings/s "
+          f"(60 MB goal: {max(rss) / 60:.2f} of it); CPU {cpu / max(samples[-1]['t'], 1) * 100:.0f} % of one core")
     return 0
 
 

@@ -110,6 +110,7 @@ _EPILOG_BENCH = """\
 examples:
   tidegate bench                                   list the benchmarks
   tidegate bench log --quick                       run bench/bench_log.py with --quick
+  tidegate bench all --quick                       every benchmark in turn, then a summary of the ratios
   tidegate bench uplink -- --help                  a benchmark's own options
 """
 
@@ -284,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = _sub(sub, "bench", "run a benchmark from bench/",
                  "Run one of the benchmarks in bench/ (each compares against its ceiling in the same run).",
                  _EPILOG_BENCH)
-    bench.add_argument("name", nargs="?", default=None, help="the benchmark (log, uplink, pipeline, ...)")
+    bench.add_argument("name", nargs="?", default=None, help="the benchmark (log, uplink, pipeline, ...; all: every one)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="options for the benchmark")
 
     try:
@@ -915,13 +916,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         for name, path in found.items():
             doc = path.read_text(encoding="utf-8").split('"""')[1].strip().splitlines()[0] if '"""' in path.read_text(encoding="utf-8") else ""
             print(f"{name:<12} {doc}")
+        print(f"{'all':<12} every benchmark in turn and a summary of their ratios (python -m bench)")
         return 0
-    if args.name not in found:
+    if args.name != "all" and args.name not in found:
         print(f"tidegate bench: no benchmark {args.name!r}; there are: {', '.join(found)}", file=sys.stderr)
         return 2
     rest = [a for a in args.args if a != "--"] if args.args[:1] == ["--"] else list(args.args)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])))
-    return subprocess.run([sys.executable, "-m", f"bench.bench_{args.name}", *rest], cwd=ROOT, env=env, check=False).returncode
+    module = "bench" if args.name == "all" else f"bench.bench_{args.name}"
+    return subprocess.run([sys.executable, "-m", module, *rest], cwd=ROOT, env=env, check=False).returncode
 
 
 # --------------------------------------------------------------------------- main
