@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BridgeError", "TransportError", "UpstreamConfigError"]
+__all__ = ["BridgeError", "TransportError", "PartialSend", "UpstreamConfigError"]
 
 
 class BridgeError(Exception):
@@ -11,6 +11,14 @@ class BridgeError(Exception):
 
 class TransportError(BridgeError):
     """The upstream did not acknowledge a batch; it must be sent again."""
+
+
+class PartialSend(TransportError):
+    """The upstream acknowledged only the first ``acknowledged`` batches of a train."""
+
+    def __init__(self, message: str, acknowledged: int) -> None:
+        super().__init__(message)
+        self.acknowledged = acknowledged
 
 
 class UpstreamConfigError(BridgeError):

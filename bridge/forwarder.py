@@ -15,9 +15,16 @@ seen by reading id (docs/exactly_once.md).
 
 Store and forward (docs/batching.md, "Store and forward"):
 
-* **Order.** Each step sends one batch: the due batch of the stream with the
+* **Order.** Each step picks one batch: the due batch of the stream with the
   highest priority, streams of equal priority in turn. A backlog drains oldest
   first.
+* **Trains.** The batches picked in one call go upstream together, as a
+  train (up to ``max_batches``, about ``TRAIN_BYTES``): a transport with
+  ``send_many`` (Kafka) takes the whole train in one round trip, so a backlog
+  of many small windows drains at the link's throughput instead of one batch
+  per round trip, and the producer's compression folds what the batches
+  repeat (names, keys, headers). Cursors move for the batches the upstream
+  acknowledged, in train order; the rest go again.
 * **Fresh share.** With ``fresh_share`` > 0, a stream that is far behind gets
   a second, *fresh* lane starting at the log's end when it fell behind. Fresh
   batches (the lane's, and those of streams that are caught up) go first
@@ -52,7 +59,7 @@ from core.errors import InvalidReading
 from core.ratelimit import TokenBucket, Unlimited
 from core.reading import Reading, decode_reading
 from core.timewindow import Window, window_of
-from bridge.errors import TransportError
+from bridge.errors import PartialSend, TransportError
 from bridge.transports import Transport
 
 __all__ = ["LogSource", "Forwarder", "ForwardResult", "CURSOR_NAME", "FRESH_CURSOR", "FRESH_START_CURSOR"]
@@ -64,6 +71,9 @@ FRESH_START_CURSOR = "bridge.fresh-start"
 FRESH_CURSOR = "bridge.fresh"
 
 _SHARE_TAU_S = 10.0  # the fresh share is measured over about this long
+# A train is cut at about this many bytes: below librdkafka's default
+# batch.size (1,000,000), so one train fits one produce request per partition.
+TRAIN_BYTES = 512 * 1024
 
 
 class LogRecordLike(Protocol):
@@ -98,6 +108,19 @@ class ForwardResult:
     failed: bool = False
     wait_ms: float = 0.0
 
+    def plus(self, other: ForwardResult) -> ForwardResult:
+        return ForwardResult(self.batches + other.batches, self.readings + other.readings,
+                             self.bytes + other.bytes, self.failed or other.failed, max(self.wait_ms, other.wait_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class _Car:
+    """A run on a train: its readings and the batch they were encoded into."""
+
+    run: _Run
+    entries: list[Entry]
+    batch: bytes
+
 
 @dataclass
 class _Lane:
@@ -119,7 +142,7 @@ class _Run:
 
 
 class Forwarder:
-    """Moves a gateway's streams upstream, one acknowledged batch at a time.
+    """Moves a gateway's streams upstream in acknowledged batches, picked one at a time.
 
     Args:
         source: the durable log; it must outlive the forwarder. Only this
@@ -302,8 +325,20 @@ class Forwarder:
         # stream its backlog (older data) before its lane, unless fresh-only.
         return max(pool, key=lambda r: (r.priority, -self._served.get(r.stream, -1), not r.lane))
 
+    def _continuation(self, stream: str, start: int, now_ms: int) -> list[_Run]:
+        """The due run of ``stream`` right after a run already on the train, if any."""
+        limits = self.controller.limits(stream, max(0, self.source.end_offset(stream) - start), now_ms)
+        run = self._cut(stream, start, None, limits, now_ms, lane=False, fresh=not limits.behind)
+        return [run] if run is not None else []
+
     def forward_once(self, now_ms: int) -> ForwardResult:
-        """Send the batches that are due now, one at a time, in priority order.
+        """Send the batches that are due now, in priority order, as one train.
+
+        The due batches (at most ``max_batches``, about ``TRAIN_BYTES``) are
+        picked one by one as if each had been acknowledged, then handed to the
+        upstream together: a transport with ``send_many`` (Kafka) sends them
+        in one round trip; any other gets them one at a time. Cursors move
+        only for the batches acknowledged, in train order.
 
         Args:
             now_ms: the gateway's wall-clock time now, in ms (the time base
@@ -316,17 +351,27 @@ class Forwarder:
         """
         start_ms = now_ms
         streams = [s for s in self.source.streams() if s != DEAD_LETTER_STREAM]
-        batches = readings = size = 0
+        sent = ForwardResult()
         pending: dict[str, list[_Run]] = {}
+        # stream -> the offset after its runs already on the train, while a
+        # further run of its main lane may follow them on the same train.
+        ahead: dict[str, int | None] = {}
+        train: list[_Car] = []
+        train_bytes = 0
+        wait_ms = 0.0
         called = self.clock()
-        while batches < self.max_batches:
+        while sent.batches + len(train) < self.max_batches:
             # Sends take time: the gateway clock moves on with them.
             now_ms = start_ms + int((self.clock() - called) * 1000.0)
             for stream in streams:
                 self.controller.observe_end(stream, self.source.end_offset(stream), now_ms)
             for stream in streams:
                 if stream not in pending:
-                    pending[stream] = self._candidates(stream, now_ms)
+                    after = ahead.get(stream, -1)
+                    if after == -1:
+                        pending[stream] = self._candidates(stream, now_ms)
+                    else:
+                        pending[stream] = self._continuation(stream, after, now_ms) if after is not None else []
             runs = [r for rs in pending.values() for r in rs]
             if not runs:
                 break
@@ -334,16 +379,10 @@ class Forwarder:
             entries = [Entry(r.offset, _decode(run.stream, r)) for r in run.records]
             batch = encode_batch(self.gateway_id, run.stream, run.window, entries)
             if not self.bucket.try_take(len(batch), self._mono_ms()):
-                return ForwardResult(batches, readings, size, wait_ms=self.bucket.wait_ms(len(batch), self._mono_ms()))
-            started = self.clock()
-            try:
-                self.transport.send(batch, decode_header(batch))
-            except TransportError as exc:
-                log.warning("upstream refused a batch of stream %s: %s", run.stream, exc)
-                return ForwardResult(batches, readings, size, failed=True)
-            duration_ms = (self.clock() - started) * 1000.0
-            self.controller.observe_send(len(batch), len(entries), duration_ms, now_ms + int(duration_ms))
-            self._acknowledged(run, entries[-1].offset + 1)
+                wait_ms = self.bucket.wait_ms(len(batch), self._mono_ms())
+                break
+            train.append(_Car(run, entries, batch))
+            train_bytes += len(batch)
             self._fresh_under_share()  # decay the counters to now, then count this batch
             self._all_bytes += len(batch)
             if run.fresh:
@@ -351,11 +390,66 @@ class Forwarder:
             self._step += 1
             self._served[run.stream] = self._step
             del pending[run.stream]
-            batches += 1
-            readings += len(entries)
-            size += len(batch)
-            self.on_sent(run.stream, len(entries), len(batch))
-        return ForwardResult(batches, readings, size)
+            # Only a main lane without a fresh lane beside it continues on the
+            # same train; lanes open, close and merge between trains.
+            continues = not run.lane and self._lanes.get(run.stream) is None
+            ahead[run.stream] = entries[-1].offset + 1 if continues else None
+            if train_bytes >= TRAIN_BYTES:
+                sent = sent.plus(self._send_train(train, now_ms))
+                if sent.failed:
+                    return sent
+                train, train_bytes = [], 0
+                pending = {s: rs for s, rs in pending.items() if s not in ahead}
+                ahead = {}
+        if train:
+            sent = sent.plus(self._send_train(train, now_ms))
+        if wait_ms and not sent.failed:
+            sent = ForwardResult(sent.batches, sent.readings, sent.bytes, wait_ms=wait_ms)
+        return sent
+
+    def _send_train(self, train: list[_Car], now_ms: int) -> ForwardResult:
+        """Hand a train upstream and acknowledge what the upstream took, in order."""
+        send_many = getattr(self.transport, "send_many", None)
+        if send_many is None:
+            done = ForwardResult()
+            for car in train:
+                started = self.clock()
+                try:
+                    self.transport.send(car.batch, decode_header(car.batch))
+                except TransportError as exc:
+                    log.warning("upstream refused a batch of stream %s: %s", car.run.stream, exc)
+                    return done.plus(ForwardResult(failed=True))
+                duration_ms = (self.clock() - started) * 1000.0
+                self.controller.observe_send(len(car.batch), len(car.entries), duration_ms, now_ms + int(duration_ms))
+                done = done.plus(self._arrived(car))
+            return done
+        started = self.clock()
+        try:
+            send_many([(car.batch, decode_header(car.batch)) for car in train])
+            taken = len(train)
+        except PartialSend as exc:
+            log.warning("upstream took %d of a train of %d batches: %s", exc.acknowledged, len(train), exc)
+            taken = exc.acknowledged
+        except TransportError as exc:
+            log.warning("upstream refused a train of %d batches: %s", len(train), exc)
+            taken = 0
+        duration_ms = (self.clock() - started) * 1000.0
+        done = ForwardResult()
+        if taken:
+            # One round trip for the whole train: that is what the link did.
+            self.controller.observe_send(sum(len(c.batch) for c in train[:taken]),
+                                         sum(len(c.entries) for c in train[:taken]),
+                                         duration_ms, now_ms + int(duration_ms))
+        for car in train[:taken]:
+            done = done.plus(self._arrived(car))
+        if taken < len(train):
+            done = done.plus(ForwardResult(failed=True))
+        return done
+
+    def _arrived(self, car: _Car) -> ForwardResult:
+        self._acknowledged(car.run, car.entries[-1].offset + 1)
+        self.on_sent(car.run.stream, len(car.entries), len(car.batch))
+        return ForwardResult(1, len(car.entries), len(car.batch))
 
     def _acknowledged(self, run: _Run, next_offset: int) -> None:
         lane = self._lanes.get(run.stream)

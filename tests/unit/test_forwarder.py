@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+import bridge.forwarder
+
 from bridge.central import Expander, decode_reading_value
-from bridge.errors import TransportError
+from bridge.errors import PartialSend, TransportError
 from bridge.forwarder import CURSOR_NAME, Forwarder
 from bridge.transports import MemoryTransport
 from core.batch import BatchHeader, decode_batch
@@ -409,3 +411,85 @@ def test_a_clock_stepped_back_does_not_hold_a_lingering_run() -> None:
     forwarder = gw.forwarder(transport, BatchPolicy(mode="fixed", max_readings=100, linger_ms=500))
     assert forwarder.forward_once(gw.now).batches == 0  # lingering
     assert forwarder.forward_once(T0 + 1000).batches == 1  # the clock set right: the run goes now
+
+
+# -- trains -----------------------------------------------------------------------
+
+
+class TrainLink(FakeLink):
+    """An upstream that takes a whole train in one round trip, as Kafka does.
+
+    ``take`` limits how many batches of the next train it acknowledges.
+    """
+
+    def __init__(self, rtt_ms: float = 50.0, bytes_per_s: float = 100_000.0) -> None:
+        super().__init__(rtt_ms, bytes_per_s)
+        self.trains: list[int] = []
+        self.take: int | None = None
+
+    def send_many(self, batches: list[tuple[bytes, BatchHeader]]) -> None:
+        self.now_s += self.rtt_ms / 1000 + sum(len(b) for b, _ in batches) / self.bytes_per_s
+        self.trains.append(len(batches))
+        take, self.take = self.take, None
+        for batch, header in batches[: take if take is not None else len(batches)]:
+            MemoryTransport.send(self, batch, header)
+        if take is not None and take < len(batches):
+            raise PartialSend("the link went down mid-train", acknowledged=take)
+
+
+def test_a_backlog_of_many_windows_goes_as_one_train_in_one_round_trip() -> None:
+    gw = Gateway()
+    gw.now = T0 + 30 * MINUTE  # the uplink was down for half an hour
+    for minute in range(30):  # 30 one-minute windows of 3 readings: a sparse backlog
+        for i in range(3):
+            gw.ingest(T0 + minute * MINUTE + i * 1000)
+    link = TrainLink(rtt_ms=500)
+    forwarder = gw.forwarder(link, clock=link.clock)
+    result = forwarder.forward_once(gw.now)
+    assert link.trains == [30]
+    assert (result.batches, result.readings) == (30, 90)
+    assert offsets(link.sent) == [(3 * m, 3 * m + 2) for m in range(30)]
+    assert gw.log.load_cursor(CURSOR_NAME, "sensors") == 90
+    assert link.now_s - 1000.0 < 0.6  # one round trip, not thirty
+
+
+def test_a_train_cut_short_moves_the_cursor_past_what_was_taken_and_resends_the_rest() -> None:
+    gw = Gateway()
+    for minute in range(10):
+        for i in range(3):
+            gw.ingest(T0 + minute * MINUTE + i * 1000)
+    link = TrainLink()
+    link.take = 4
+    forwarder = gw.forwarder(link, clock=link.clock)
+    assert forwarder.forward_once(gw.now + 10 * MINUTE).failed
+    assert gw.log.load_cursor(CURSOR_NAME, "sensors") == 12
+    forwarder.forward_once(gw.now + 10 * MINUTE)
+    assert link.trains == [10, 6]
+    assert offsets(link.sent) == [(3 * m, 3 * m + 2) for m in range(10)]  # each once, in order
+    assert gw.log.load_cursor(CURSOR_NAME, "sensors") == 30
+
+
+def test_a_train_holds_every_streams_due_batches_in_priority_order() -> None:
+    gw = Gateway()
+    for minute in range(3):
+        gw.ingest(T0 + minute * MINUTE, stream="sensors")
+        gw.ingest(T0 + minute * MINUTE, stream="alarms")
+    link = TrainLink()
+    gw.forwarder(link, priorities={"alarms": 10}, clock=link.clock).forward_once(gw.now + 3 * MINUTE)
+    assert link.trains == [6]
+    assert [h.stream for _, h in link.sent] == ["alarms"] * 3 + ["sensors"] * 3
+
+
+def test_a_train_is_cut_at_its_byte_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = Gateway()
+    gw.now = T0 + 40 * MINUTE
+    for minute in range(40):
+        for i in range(100):
+            gw.ingest(T0 + minute * MINUTE + i * 500, device=f"n{i}", value=(i * 7919 + minute) % 1000 / 7)
+    link = TrainLink()
+    forwarder = gw.forwarder(link, clock=link.clock, max_batches=1000)
+    monkeypatch.setattr(bridge.forwarder, "TRAIN_BYTES", 20_000)
+    forwarder.forward_once(gw.now)
+    assert len(link.trains) > 1 and sum(link.trains) == 40
+    assert all(n < 40 for n in link.trains)
+    assert gw.log.load_cursor(CURSOR_NAME, "sensors") == 4000
