@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from core.log import UNSYNCED, LogConfig, LogIOError
+from core.log import format as fmt
+from core.log._scan import FrameScanner
 from edge.logstore import DataDirLocked, OsFileSystem, fsck_data_dir, open_log
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +89,38 @@ def test_the_intake_thread_appends_while_the_bridge_thread_reads(tmp_path) -> No
         assert log.load_cursor("bridge", "s") == 5000
         stats = log.stats()
         assert stats["fsyncs"] > 0 and stats["syncs"] > 0
+
+
+@pytest.mark.slow
+def test_a_bit_flip_in_a_sealed_segment_is_reported_by_reading_and_by_tidegate_fsck_alike(tmp_path) -> None:
+    data_dir = tmp_path / "gateway"
+    with open_log(data_dir / "log", LogConfig(sync_policy="interval"), background=False) as log:
+        for i in range(300):
+            log.append("s", T0 + i, b"r%05d" % i * 8, UNSYNCED)
+            if i % 10 == 9:
+                log.sync()
+    segment = sorted((data_dir / "log").rglob("*.log"))[0]
+    data = bytearray(segment.read_bytes())
+    frames = [(pos, pos + fmt.FRAME_HEADER_SIZE + len(body))
+              for pos, _, body in FrameScanner(lambda p, n: bytes(data[p:p + n]), "x", 0, len(data))]
+    start, end = frames[len(frames) // 2]
+    data[start + 30] ^= 0x08
+    segment.write_bytes(bytes(data))
+    damage: list = []
+    with open_log(data_dir / "log", reporter=damage.append, background=False) as log:
+        held = [r.offset for r in log.read("s", 0, max_records=10_000)]
+    assert len(held) == 290 and held == sorted(held)  # one frame of ten records lost, reading went on
+    path = segment.relative_to(data_dir / "log").as_posix()
+    assert [(d.path, d.position, d.dropped_bytes, d.reason, d.tail) for d in damage] == [
+        (path, start, end - start, "bad_crc", False)]
+    before = segment.read_bytes()
+    done = subprocess.run([sys.executable, "-m", "tidegate", "fsck", "--data-dir", str(data_dir)], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert f"skipped: {path} at {start}: {end - start} bytes, bad_crc (mid-file)" in lines, done.stdout
+    assert "stream s: offsets 0..300, 290 records" in lines and lines[-1] == "needs repair"
+    assert segment.read_bytes() == before  # fsck without --repair changes nothing
 
 
 CHILD = r"""

@@ -21,3 +21,19 @@ def damage() -> list:
 
 def open_log(fs: MemFS, config: LogConfig | None = None, damage: list | None = None, **kw) -> Log:
     return Log(fs, config or LogConfig(), reporter=(damage.append if damage is not None else None), **kw)
+
+
+@pytest.fixture(params=["memfs", "os"])
+def disk(request, tmp_path):
+    """The same scenario on a MemFS and on real files through edge.logstore (tests/unit/log/realfs.py)."""
+    from tests.unit.log.realfs import MemDisk, OsDisk
+
+    place = MemDisk() if request.param == "memfs" else OsDisk(tmp_path / "data")
+    yield place
+    place.close()
+
+
+@pytest.fixture
+def long_run(request) -> bool:
+    """True under --long: run every case instead of a sample."""
+    return bool(request.config.getoption("--long"))

@@ -12,13 +12,66 @@ Crash model (after SQLite's crash tests and the ALICE study of file systems):
   i.e. just open a new log on the same MemFS.
 
 Faults: ``fail(op, nth, errno)`` makes the nth call of an operation raise
-OSError; ``capacity`` makes writes past it write what fits, then raise ENOSPC.
+OSError (``torn=True``: a write first writes a prefix of its bytes);
+``capacity`` makes writes past it write what fits, then raise ENOSPC.
+:class:`FaultInjection` holds that plan; ``tests/unit/log/realfs.py`` puts the
+same plan in front of the real ``OsFileSystem``.
 """
 
 from __future__ import annotations
 
 import errno
 import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One planned failure: the errno to raise and, for a write, whether a prefix gets written first."""
+
+    code: int
+    torn: bool = False
+
+    def kept(self, data: bytes) -> bytes:
+        """The bytes a failing write still writes: half of them when torn, else none."""
+        return bytes(data[: len(data) // 2]) if self.torn else b""
+
+    def error(self, op: str, n: int) -> OSError:
+        return OSError(self.code, f"injected {errno.errorcode.get(self.code, self.code)} on {op} #{n}")
+
+
+class FaultInjection:
+    """Counts calls per operation and fails the planned ones.
+
+    Operation names: ``open``, ``write``, ``sync`` (a file's fsync, by handle
+    or by path), ``sync_dir``, ``mkdir``, ``rmdir``, ``rename``, ``unlink``,
+    ``truncate``, ``read``.
+    """
+
+    def __init__(self) -> None:
+        self._faults: dict[str, list[tuple[int, Fault]]] = {}
+        self.calls: dict[str, int] = {}
+
+    def fail(self, op: str, nth: int = 1, code: int = errno.EIO, *, torn: bool = False) -> None:
+        """Make the ``nth`` next call of ``op`` raise OSError(code); ``torn``: a write keeps a prefix."""
+        done = self.calls.get(op, 0)
+        self._faults.setdefault(op, []).append((done + nth, Fault(code, torn)))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def _due(self, op: str) -> Fault | None:
+        """Count a call of ``op``; return the fault planned for it, if any."""
+        n = self.calls[op] = self.calls.get(op, 0) + 1
+        for at, fault in self._faults.get(op, []):
+            if at == n:
+                return fault
+        return None
+
+    def _fault(self, op: str) -> None:
+        fault = self._due(op)
+        if fault is not None:
+            raise fault.error(op, self.calls[op])
 
 
 class CrashNow(BaseException):
@@ -69,8 +122,13 @@ class _Handle:
     def write(self, data: bytes) -> None:
         if self.closed:
             raise ValueError("write to a closed file")
-        self._fs._fault("write")
         fs = self._fs
+        fault = fs._due("write")
+        if fault is not None:
+            kept = fault.kept(data)
+            self._inode.data += kept
+            fs.bytes_written += len(kept)
+            raise fault.error("write", fs.calls["write"])
         if fs.capacity is not None and fs.used() + len(data) > fs.capacity:
             room = max(0, fs.capacity - fs.used())
             self._inode.data += data[:room]
@@ -93,16 +151,15 @@ class _Handle:
         self.closed = True
 
 
-class MemFS:
+class MemFS(FaultInjection):
     """Implements core.log.FileSystem in memory."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.root = Dir()
         self.capacity: int | None = None
-        self._faults: dict[str, list[tuple[int, int]]] = {}
         self.crash_at: int | None = None  # raise CrashNow at this mutating operation (1-based)
         self.mutations = 0
-        self.calls: dict[str, int] = {}
         self.bytes_written = 0
         self.syncs = 0
 
@@ -123,23 +180,12 @@ class MemFS:
         return fs
 
     # --- faults -------------------------------------------------------------------
-    def fail(self, op: str, nth: int = 1, code: int = errno.EIO) -> None:
-        """Make the ``nth`` next call of ``op`` raise OSError(code)."""
-        done = self.calls.get(op, 0)
-        self._faults.setdefault(op, []).append((done + nth, code))
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def _fault(self, op: str) -> None:
+    def _due(self, op: str) -> Fault | None:
         if op != "read":
             self.mutations += 1
             if self.crash_at is not None and self.mutations >= self.crash_at:
                 raise CrashNow(f"crash at {op} (operation {self.mutations})")
-        n = self.calls[op] = self.calls.get(op, 0) + 1
-        for at, code in self._faults.get(op, []):
-            if at == n:
-                raise OSError(code, f"injected {errno.errorcode.get(code, code)} on {op} #{n}")
+        return super()._due(op)
 
     def used(self) -> int:
         total = 0
