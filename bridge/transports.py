@@ -10,18 +10,68 @@ returns, so a failure means a resend, never a loss.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-from urllib.parse import parse_qsl, urlsplit
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 from core.batch import BatchHeader, kafka_headers, kafka_key
 from bridge.errors import TransportError, UpstreamConfigError
 
-__all__ = ["Transport", "MemoryTransport", "SpoolTransport", "KafkaTransport", "open_upstream", "spool_file_name"]
+if TYPE_CHECKING:
+    from bridge.mqtt_upstream import MqttUpstreamConfig
+
+__all__ = [
+    "Transport", "MemoryTransport", "SpoolTransport", "KafkaTransport", "open_upstream", "spool_file_name",
+    "parse_upstream", "SpoolUpstream", "KafkaUpstream", "InvalidUpstream", "UPSTREAM_FORMS", "MQTT_SETTINGS",
+    "is_secret_setting", "redact_url",
+]
 # MqttTransport lives in bridge/mqtt_upstream.py; open_upstream makes it for mqtt:// addresses.
+
+#: The addresses an upstream may have, for error messages and help texts.
+UPSTREAM_FORMS = "spool:DIR, kafka://HOST:PORT[,HOST:PORT][/TOPIC] or mqtt(s)://[USER[:PASSWORD]@]HOST[:PORT][/PREFIX]"
+
+#: The settings an MQTT upstream takes (from the address's query or [upstream.settings]).
+MQTT_SETTINGS = ("client_id", "username", "password", "ca_file", "timeout_s", "keepalive_s")
+
+
+class InvalidUpstream(UpstreamConfigError):
+    """An upstream address or one of its settings is not allowed.
+
+    Attributes:
+        key: ``"url"`` for the address itself, else the setting's name.
+        value: the value as it may be shown (secrets as ``***``).
+        allowed: what is allowed instead.
+    """
+
+    def __init__(self, key: str, value: str, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        where = f"upstream {value!r}" if key == "url" else f"upstream setting {key} = {value!r}"
+        super().__init__(f"{where}: {allowed}")
+
+
+def is_secret_setting(key: str) -> bool:
+    """Whether a setting's value is a secret, never to be shown (``sasl.password``, ``ssl.key.pem``...)."""
+    return bool(re.search(r"(password|secret|token|credential|key\.pem)", key, re.IGNORECASE))
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to show: the password of ``user:password@`` and secret query values as ``***``."""
+    parts = urlsplit(url)
+    shown = url
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        shown = shown.replace(f"{userinfo}@", f"{userinfo.split(':', 1)[0]}:***@", 1)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if any(is_secret_setting(k) for k, _ in pairs):
+        query = urlencode([(k, "***" if is_secret_setting(k) else v) for k, v in pairs], safe="*")
+        shown = shown.partition("?")[0] + "?" + query + (f"#{parts.fragment}" if parts.fragment else "")
+    return shown
 
 
 class Transport(Protocol):
@@ -172,8 +222,76 @@ class KafkaTransport:
         self._producer.close()
 
 
-def open_upstream(url: str, settings: Mapping[str, str] | None = None) -> Transport:
-    """Open a transport from an upstream address.
+@dataclass(frozen=True, slots=True)
+class SpoolUpstream:
+    """``spool:DIR``: batch files in a directory."""
+
+    directory: Path
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaUpstream:
+    """``kafka://HOST:PORT[,HOST:PORT]/TOPIC``: a Kafka batch topic, with its librdkafka settings."""
+
+    bootstrap: str
+    topic: str
+    settings: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+def _kafka_servers(url: str, netloc: str) -> str:
+    shown = redact_url(url)
+    if not netloc:
+        raise InvalidUpstream("url", shown, "kafka needs host:port, e.g. kafka://127.0.0.1:9092")
+    for server in netloc.split(","):
+        host, colon, port = server.rpartition(":")
+        if server.endswith("]") and server.startswith("["):
+            continue  # a bare IPv6 address: librdkafka's default port
+        if not server or (colon and (not host or not port.isdigit() or not 0 < int(port) < 65536)):
+            raise InvalidUpstream("url", shown, f"bootstrap server {server!r} must be HOST or HOST:PORT (port 1..65535)")
+    return netloc
+
+
+def _mqtt_upstream(url: str, parts: SplitResult, options: Mapping[str, str]) -> MqttUpstreamConfig:
+    from bridge.mqtt_upstream import DEFAULT_PREFIX, MqttUpstreamConfig
+
+    shown = redact_url(url)
+    for key in options:
+        if key not in MQTT_SETTINGS:
+            raise InvalidUpstream(key, "***" if is_secret_setting(key) else options[key],
+                                  f"not a setting of an MQTT upstream; allowed: {', '.join(MQTT_SETTINGS)}")
+    try:
+        timeout_s = float(options.get("timeout_s", 30.0))
+    except ValueError:
+        raise InvalidUpstream("timeout_s", options["timeout_s"], "must be a number of seconds") from None
+    try:
+        keepalive_s = int(options.get("keepalive_s", 30))
+    except ValueError:
+        raise InvalidUpstream("keepalive_s", options["keepalive_s"], "must be a whole number of seconds") from None
+    try:
+        port = parts.port  # raises ValueError when out of range
+    except ValueError as exc:
+        raise InvalidUpstream("url", shown, f"{exc}; the port must be in 1..65535") from exc
+    if not parts.hostname:
+        raise InvalidUpstream("url", shown, "mqtt needs a host, e.g. mqtt://broker.example.net:1883")
+    try:
+        return MqttUpstreamConfig(
+            host=parts.hostname,
+            port=(8883 if parts.scheme == "mqtts" else 1883) if port is None else port,
+            prefix=parts.path.strip("/") or DEFAULT_PREFIX,
+            client_id=options.get("client_id", "tidegate-bridge"),
+            username=options.get("username", parts.username),
+            password=options.get("password", parts.password),
+            tls=parts.scheme == "mqtts",
+            ca_file=options.get("ca_file"),
+            timeout_s=timeout_s,
+            keepalive_s=keepalive_s,
+        )
+    except UpstreamConfigError as exc:  # MqttUpstreamConfig's own range checks
+        raise InvalidUpstream("url", shown, str(exc)) from exc
+
+
+def parse_upstream(url: str, settings: Mapping[str, str] | None = None) -> SpoolUpstream | KafkaUpstream | MqttUpstreamConfig:
+    """Check an upstream address and its settings, without connecting to anything.
 
     * ``spool:DIR`` or ``spool:///abs/dir``: batch files in a directory;
     * ``kafka://host:port[,host:port]/topic``: a Kafka batch topic (default
@@ -184,45 +302,47 @@ def open_upstream(url: str, settings: Mapping[str, str] | None = None) -> Transp
       ``client_id``, ``username``, ``password``, ``ca_file``, ``timeout_s``,
       ``keepalive_s`` (bridge/mqtt_upstream.py).
 
+    ``settings`` (``[upstream.settings]``) are applied over the address's query.
+    This is the one check of an address: the configuration file, the command
+    line and :func:`open_upstream` all use it.
+
+    Returns:
+        What the address names, validated.
+
     Raises:
-        UpstreamConfigError: the address is not one of these.
+        InvalidUpstream: the address is not one of these, or a setting is not
+            allowed; its message names the setting and never shows a secret.
     """
     parts = urlsplit(url)
+    if parts.fragment or url.endswith("#"):
+        # urlsplit would silently drop it, and with it an MQTT wildcard or a piece of a topic name.
+        raise InvalidUpstream("url", redact_url(url), f"'#' is not allowed in an upstream address; must be {UPSTREAM_FORMS}")
+    merged = dict(parse_qsl(parts.query))
+    merged.update(settings or {})
     if parts.scheme == "spool":
         path = parts.path if parts.netloc in ("", "localhost") else parts.netloc + parts.path
         if not path:
-            raise UpstreamConfigError(f"upstream {url!r}: spool needs a directory, e.g. spool:./spool")
-        return SpoolTransport(Path(path))
+            raise InvalidUpstream("url", url, "spool needs a directory, e.g. spool:./spool")
+        return SpoolUpstream(Path(path))
     if parts.scheme == "kafka":
-        if not parts.netloc:
-            raise UpstreamConfigError(f"upstream {url!r}: kafka needs host:port, e.g. kafka://127.0.0.1:9092")
-        topic = parts.path.strip("/") or "tidegate.batches"
-        merged = dict(parse_qsl(parts.query))
-        merged.update(settings or {})
-        return KafkaTransport(parts.netloc, topic, merged)
+        return KafkaUpstream(_kafka_servers(url, parts.netloc), parts.path.strip("/") or "tidegate.batches", merged)
     if parts.scheme in ("mqtt", "mqtts"):
-        from bridge.mqtt_upstream import DEFAULT_PREFIX, MqttTransport, MqttUpstreamConfig
+        return _mqtt_upstream(url, parts, merged)
+    raise InvalidUpstream("url", redact_url(url), f"must be {UPSTREAM_FORMS}")
 
-        if not parts.hostname:
-            raise UpstreamConfigError(f"upstream {url!r}: mqtt needs a host, e.g. mqtt://broker.example.net:1883")
-        options = dict(parse_qsl(parts.query))
-        options.update(settings or {})
-        unknown = set(options) - {"client_id", "username", "password", "ca_file", "timeout_s", "keepalive_s"}
-        if unknown:
-            raise UpstreamConfigError(f"upstream {url!r}: unknown MQTT settings {sorted(unknown)}")
-        try:
-            return MqttTransport(MqttUpstreamConfig(
-                host=parts.hostname,
-                port=parts.port or (8883 if parts.scheme == "mqtts" else 1883),
-                prefix=parts.path.strip("/") or DEFAULT_PREFIX,
-                client_id=options.get("client_id", "tidegate-bridge"),
-                username=options.get("username", parts.username),
-                password=options.get("password", parts.password),
-                tls=parts.scheme == "mqtts",
-                ca_file=options.get("ca_file"),
-                timeout_s=float(options.get("timeout_s", 30.0)),
-                keepalive_s=int(options.get("keepalive_s", 30)),
-            ))
-        except ValueError as exc:
-            raise UpstreamConfigError(f"upstream {url!r}: {exc}") from exc
-    raise UpstreamConfigError(f"upstream {url!r}: scheme must be spool:, kafka:// or mqtt(s)://")
+
+def open_upstream(url: str, settings: Mapping[str, str] | None = None) -> Transport:
+    """Open a transport from an upstream address (the forms of :func:`parse_upstream`).
+
+    Raises:
+        UpstreamConfigError: the address or a setting is not allowed, or
+            librdkafka refuses the settings.
+    """
+    target = parse_upstream(url, settings)
+    if isinstance(target, SpoolUpstream):
+        return SpoolTransport(target.directory)
+    if isinstance(target, KafkaUpstream):
+        return KafkaTransport(target.bootstrap, target.topic, target.settings)
+    from bridge.mqtt_upstream import MqttTransport
+
+    return MqttTransport(target)

@@ -15,6 +15,7 @@ import fcntl
 import os
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 from edge.clocksync import clock_synced
 from edge.mqtt_intake import MqttConfig
 
-__all__ = ["Check", "DoctorInput", "run_checks", "OK", "WARN", "FAIL", "mqtt_probe"]
+__all__ = ["Check", "DoctorInput", "run_checks", "OK", "WARN", "FAIL", "mqtt_probe", "check_upstream"]
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -198,8 +199,13 @@ def _mqtt_string(text: str) -> bytes:
     return struct.pack("!H", len(data)) + data
 
 
-def mqtt_probe(host: str, port: int, username: str | None, password: str | None, timeout: float) -> str:
-    """Connect, send an MQTT 3.1.1 CONNECT (clean session), read CONNACK; returns "" or what went wrong."""
+def mqtt_probe(host: str, port: int, username: str | None, password: str | None, timeout: float,
+               tls: ssl.SSLContext | None = None) -> str:
+    """Connect, send an MQTT 3.1.1 CONNECT (clean session), read CONNACK; returns "" or what went wrong.
+
+    With ``tls``, the CONNECT goes over TLS after a handshake that checks the
+    broker's certificate and name against the context.
+    """
     flags = 0x02
     payload = _mqtt_string(f"tidegate-doctor-{os.getpid()}")
     if username is not None:
@@ -212,7 +218,8 @@ def mqtt_probe(host: str, port: int, username: str | None, password: str | None,
     body = variable + payload
     packet = bytes([0x10, len(body)]) if len(body) < 128 else bytes([0x10, (len(body) & 0x7F) | 0x80, len(body) >> 7])
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            sock = tls.wrap_socket(raw, server_hostname=host) if tls is not None else raw
             sock.sendall(packet + body)
             answer = b""
             while len(answer) < 4:
@@ -221,11 +228,25 @@ def mqtt_probe(host: str, port: int, username: str | None, password: str | None,
                     return "closed the connection without a CONNACK (TLS port? or not an MQTT broker)"
                 answer += chunk
             sock.sendall(b"\xe0\x00")  # DISCONNECT
+    except ssl.SSLError as exc:  # before OSError: it is one, and its strerror is empty
+        return f"TLS handshake failed: {exc.reason or exc}"
     except OSError as exc:
         return exc.strerror or str(exc)
     if answer[0] != 0x20:
         return f"answered with packet type {answer[0] >> 4}, not CONNACK"
     return _CONNACK.get(answer[3], f"refused with code {answer[3]}") if answer[3] else ""
+
+
+def _mqtt_check(name: str, where: str, problem: str, fix_down: str, fix_auth: str, fix_tls: str = "") -> Check:
+    """The finding of an MQTT probe (``problem`` "" means it connected), with the fix its kind of failure needs."""
+    if not problem:
+        return Check(name, OK, f"{where} accepts connections")
+    fix = fix_down
+    if "password" in problem or "authorised" in problem:
+        fix = fix_auth
+    elif fix_tls and ("TLS" in problem or "CONNACK" in problem):
+        fix = fix_tls
+    return Check(name, FAIL, f"{where}: {problem}", fix)
 
 
 def check_broker(mqtt: MqttConfig, timeout: float, probe: Callable[..., str] = mqtt_probe) -> Check:
@@ -238,12 +259,49 @@ def check_broker(mqtt: MqttConfig, timeout: float, probe: Callable[..., str] = m
             problem = exc.strerror or str(exc)
     else:
         problem = probe(mqtt.host, mqtt.port, mqtt.username, mqtt.password, timeout)
-        if not problem:
-            return Check("broker", OK, f"MQTT broker at {where} accepts connections")
-    fix = "start it: sudo systemctl enable --now mosquitto; check: journalctl -u mosquitto"
-    if "password" in problem or "authorised" in problem:
-        fix = "check [mqtt] username and password (or password_file) against the broker's password file"
-    return Check("broker", FAIL, f"MQTT broker at {where}: {problem}", fix)
+    return _mqtt_check("broker", f"MQTT broker at {where}", problem,
+                       "start it: sudo systemctl enable --now mosquitto; check: journalctl -u mosquitto",
+                       "check [mqtt] username and password (or password_file) against the broker's password file")
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+def check_mqtt_upstream(upstream: str, settings: dict[str, str], timeout: float,
+                        probe: Callable[..., str] = mqtt_probe) -> Check:
+    """Connect to an ``mqtt://`` or ``mqtts://`` upstream as the bridge will: CONNECT with its credentials, over TLS for mqtts."""
+    parts = urlsplit(upstream)
+    tls = parts.scheme == "mqtts"
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    port = (8883 if tls else 1883) if port is None else port
+    where = f"MQTT upstream at {host}:{port}" + (" (TLS)" if tls else "")
+    context = None
+    if tls:
+        try:
+            context = ssl.create_default_context(cafile=settings.get("ca_file"))
+        except (OSError, ssl.SSLError) as exc:
+            return Check("upstream", FAIL, f"{where}: cannot load ca_file {settings.get('ca_file')!r}: "
+                         f"{getattr(exc, 'strerror', None) or exc}", "fix [upstream.settings] ca_file")
+    problem = probe(host, port, settings.get("username", parts.username), settings.get("password", parts.password),
+                    timeout, tls=context)
+    return _mqtt_check(
+        "upstream", where, problem,
+        "check the uplink (ip route, ping), firewall and [upstream] url; the gateway keeps readings until it is back",
+        "check [upstream.settings] username and password (or the user:password@ in [upstream] url)",
+        "mqtts:// needs the broker's TLS port (8883) and [upstream.settings] ca_file if its CA is private",
+    )
+
+
+def check_upstream(upstream: str, settings: dict[str, str], timeout: float,
+                   probe: Callable[..., str] = mqtt_probe) -> Check:
+    """Reach the configured upstream: Kafka (check ``kafka``) or an MQTT broker (check ``upstream``)."""
+    if urlsplit(upstream).scheme in ("mqtt", "mqtts"):
+        return check_mqtt_upstream(upstream, settings, timeout, probe)
+    return check_kafka(upstream, settings, timeout)
 
 
 # --------------------------------------------------------------------------- Kafka
@@ -324,6 +382,6 @@ def run_checks(given: DoctorInput) -> list[Check]:
         check_data_dir(given.data_dir),
         check_tools(),
         check_broker(given.mqtt, given.timeout_s),
-        check_kafka(given.upstream, dict(given.upstream_settings), given.timeout_s),
+        check_upstream(given.upstream, dict(given.upstream_settings), given.timeout_s),
         check_serial(given.serial_paths),
     ]

@@ -30,6 +30,9 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bridge.transports import (
+    MQTT_SETTINGS, UPSTREAM_FORMS, InvalidUpstream, is_secret_setting, parse_upstream, redact_url,
+)
 from core.batching import BatchPolicy
 from core.codecs import FORMATS as PAYLOAD_FORMATS
 from core.log import LogConfig
@@ -40,6 +43,7 @@ from edge.serial_intake import SerialConfig
 __all__ = [
     "ConfigError", "RunConfig", "HttpConfig", "LoggingConfig", "UpstreamConfig", "SCHEMA", "SECRET_KEYS",
     "DEFAULT_ROUTES", "DEFAULT_HTTP_PORT", "load_config", "parse_config", "describe", "documented_keys",
+    "check_upstream", "UPSTREAM_FORMS",
 ]
 
 DEFAULT_HTTP_PORT = 9880
@@ -103,23 +107,35 @@ class LoggingConfig:
             raise ValueError(f"logging.format = {self.format!r} is not allowed: must be one of {', '.join(LOG_FORMATS)}")
 
 
-def _secret_setting(key: str) -> bool:
-    return bool(re.search(r"(password|secret|token|credential|key\.pem)", key, re.IGNORECASE))
+def check_upstream(url: str, settings: Mapping[str, str]) -> None:
+    """Validate an upstream address and its settings as ``tidegate run`` will open them.
+
+    The check is bridge.transports.parse_upstream's, so the file, the
+    ``--upstream`` flag and the transport agree on what is allowed.
+
+    Raises:
+        ValueError: naming the key (``upstream.url`` or
+            ``upstream.settings.<name>``), the value (secrets as ``***``) and
+            what is allowed.
+    """
+    try:
+        parse_upstream(url, settings)
+    except InvalidUpstream as exc:
+        key = "upstream.url" if exc.key == "url" else f"upstream.settings.{exc.key}"
+        raise ValueError(f"{key} = {exc.value!r} is not allowed: {exc.allowed}") from exc
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
-    """Where batches go (see bridge.transports.open_upstream)."""
+    """Where batches go: one of UPSTREAM_FORMS (see bridge.transports.parse_upstream)."""
 
     url: str = ""
     settings: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.url and not (self.url.startswith("spool:") or self.url.startswith("kafka://")):
-            raise ValueError(
-                f"upstream.url = {self.url!r} is not allowed: must be spool:DIR or kafka://HOST:PORT[/TOPIC]"
-            )
         object.__setattr__(self, "settings", types.MappingProxyType(dict(self.settings)))
+        if self.url:
+            check_upstream(self.url, self.settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +167,8 @@ class RunConfig:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         if not self.upstream:
             object.__setattr__(self, "upstream", f"spool:{Path(self.data_dir) / 'spool'}")
+        # Again here, for --upstream on the command line and for code that builds a RunConfig.
+        check_upstream(self.upstream, self.upstream_settings)
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", self.gateway_id):
             raise ValueError(
                 f"gateway_id = {self.gateway_id!r} is not allowed: must be 1..64 of [A-Za-z0-9._-] (it is part of every reading's id)"
@@ -292,11 +310,11 @@ def _read_secret_file(key: str, path: str, problems: list[str]) -> str | None:
 
 
 def _settings(table: dict[str, Any], env: Mapping[str, str], problems: list[str]) -> dict[str, str]:
-    """``[upstream.settings]``: librdkafka keys; ``<key>_file`` reads the value from a file."""
+    """``[upstream.settings]``: librdkafka keys (or MQTT upstream settings); ``<key>_file`` reads the value from a file."""
     out: dict[str, str] = {}
     for key, value in table.items():
         full = f"upstream.settings.{key}"
-        secret = _secret_setting(key)
+        secret = is_secret_setting(key)
         if not isinstance(value, (str, int, float, bool)) or isinstance(value, dict):
             problems.append(f"{full} = {_show(full, value, secret)}: must be a string, number or boolean")
             continue
@@ -306,7 +324,7 @@ def _settings(table: dict[str, Any], env: Mapping[str, str], problems: list[str]
             text = _expand(full, value, env, problems, secret)
         else:
             text = str(value)
-        if key.endswith("_file"):
+        if key.endswith("_file") and key not in MQTT_SETTINGS:  # ca_file is a path, not a secret's file
             content = _read_secret_file(full, text, problems)
             if content is not None:
                 out[key[: -len("_file")]] = content
@@ -483,7 +501,7 @@ def _plain(value: Any, secret: bool = False) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name), not f.repr) for f in fields(value) if f.init}
     if isinstance(value, Mapping):
-        return {k: ("***" if _secret_setting(k) else _plain(v)) for k, v in value.items()}
+        return {k: ("***" if is_secret_setting(k) else _plain(v)) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     if isinstance(value, Path):
@@ -494,5 +512,6 @@ def _plain(value: Any, secret: bool = False) -> Any:
 def describe(config: RunConfig) -> dict[str, Any]:
     """The effective configuration as plain data, with every secret shown as ``***``."""
     out: dict[str, Any] = _plain(config)
-    out["upstream_settings"] = {k: "***" if _secret_setting(k) else v for k, v in config.upstream_settings.items()}
+    out["upstream"] = redact_url(config.upstream)
+    out["upstream_settings"] = {k: "***" if is_secret_setting(k) else v for k, v in config.upstream_settings.items()}
     return out

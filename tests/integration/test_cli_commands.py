@@ -277,7 +277,7 @@ def test_replay_resends_a_window_with_the_original_ids(config_file: Path, tmp_pa
 def test_replay_to_a_bad_upstream_is_refused(config_file: Path, tmp_path: Path) -> None:
     done = tidegate("replay", "--config", str(config_file), "--stream", "sensors", "--from", str(T0),
                     "--upstream", "ftp://x", cwd=tmp_path, check_rc=2)
-    assert "scheme must be spool:, kafka:// or mqtt(s)://" in done.stderr
+    assert "upstream 'ftp://x': must be spool:DIR, kafka://HOST:PORT" in done.stderr and "mqtt(s)://" in done.stderr
 
 
 # --------------------------------------------------------------------------- fsck
@@ -327,6 +327,24 @@ def test_doctor_finds_the_broker_and_fails_on_a_missing_one(mosquitto: Mosquitto
     assert any(line.startswith("FAIL  kafka") for line in lines)
     assert any(line.startswith("FAIL  serial") and "not-there" in line for line in lines)
     assert "fix: start it: sudo systemctl enable --now mosquitto" in done.stdout
+
+
+@pytest.mark.mosquitto
+def test_doctor_connects_to_an_mqtt_upstream(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    config = tmp_path / "mqtt-up.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n[mqtt]\nport = {mosquitto.port}\n'
+                      f'[upstream]\nurl = "mqtt://127.0.0.1:{mosquitto.port}/site-1"\n')
+    rows = {r["check"]: r for r in map(json.loads, tidegate("doctor", "--config", str(config), "--json", cwd=tmp_path,
+                                                              check_rc=None).stdout.splitlines())}
+    assert rows["upstream"]["status"] == "ok", rows["upstream"]
+    assert rows["upstream"]["detail"] == f"MQTT upstream at 127.0.0.1:{mosquitto.port} accepts connections"
+    assert "kafka" not in rows
+
+    down = free_port()
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n[mqtt]\nport = {mosquitto.port}\n'
+                      f'[upstream]\nurl = "mqtt://127.0.0.1:{down}/site-1"\n')
+    done = tidegate("doctor", "--config", str(config), "--timeout", "1", cwd=tmp_path, check_rc=1)
+    assert f"FAIL  upstream  MQTT upstream at 127.0.0.1:{down}: Connection refused" in done.stdout, done.stdout
 
 
 def test_doctor_flags_a_data_dir_that_is_not_a_directory(tmp_path: Path) -> None:

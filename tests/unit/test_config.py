@@ -106,7 +106,18 @@ def test_unknown_keys_are_refused_with_a_did_you_mean() -> None:
         ("[log]\nquota_policy = 'panic'", "log.quota_policy", "'panic'", "block, drop_oldest"),
         ("[batch]\nmax_readings = 0", "max_readings", "0", "1..1000000"),
         ("[batch]\nlinger_ms = -1", "linger_ms", "-1", "0..3600000"),
-        ("[upstream]\nurl = 'http://x'", "upstream.url", "'http://x'", "spool:DIR or kafka://"),
+        ("[upstream]\nurl = 'http://x'", "upstream.url", "'http://x'", "spool:DIR, kafka://HOST:PORT"),
+        ("[upstream]\nurl = 'http://x'", "upstream.url", "'http://x'", "mqtt(s)://[USER[:PASSWORD]@]HOST[:PORT]"),
+        ("[upstream]\nurl = 'kafka://'", "upstream.url", "'kafka://'", "kafka needs host:port"),
+        ("[upstream]\nurl = 'kafka://h:99999/t'", "upstream.url", "'kafka://h:99999/t'", "port 1..65535"),
+        ("[upstream]\nurl = 'mqtt:///t'", "upstream.url", "'mqtt:///t'", "mqtt needs a host"),
+        ("[upstream]\nurl = 'mqtt://h:0'", "upstream.url", "'mqtt://h:0'", "1..65535"),
+        ("[upstream]\nurl = 'mqtt://h/a/#'", "upstream.url", "'mqtt://h/a/#'", "'#' is not allowed"),
+        ("[upstream]\nurl = 'mqtt://h/a/+'", "upstream.url", "'mqtt://h/a/+'", "without + #"),
+        ("[upstream]\nurl = 'mqtt://h'\n[upstream.settings]\ncolour = 'blue'", "upstream.settings.colour", "'blue'",
+         "allowed: client_id, username, password, ca_file, timeout_s, keepalive_s"),
+        ("[upstream]\nurl = 'mqtts://h'\n[upstream.settings]\ntimeout_s = 'soon'", "upstream.settings.timeout_s", "'soon'",
+         "a number"),
         ("[http]\nport = -1", "http.port", "-1", "0..65535"),
         ("[logging]\nformat = 'xml'", "logging.format", "'xml'", "text, json"),
         ("[logging]\nlevel = 'loud'", "logging.level", "'loud'", "debug, info"),
@@ -121,6 +132,29 @@ def test_unknown_keys_are_refused_with_a_did_you_mean() -> None:
 def test_every_error_names_the_key_the_value_and_what_is_allowed(text: str, key: str, value: str, allowed: str) -> None:
     (problem,) = problems_of(text)
     assert key in problem and value in problem and allowed in problem, problem
+
+
+@pytest.mark.parametrize("url", ["mqtt://broker.example.net:1883/site-7", "mqtts://broker.example.net", "mqtt://10.0.0.5"])
+def test_an_mqtt_upstream_is_accepted_in_the_file(url: str) -> None:
+    config = parse_config(f'[upstream]\nurl = "{url}"\n[upstream.settings]\nclient_id = "gw-7"\nca_file = "/etc/ca.pem"\n',
+                          env={})
+    assert config.upstream == url and dict(config.upstream_settings) == {"client_id": "gw-7", "ca_file": "/etc/ca.pem"}
+
+
+def test_an_mqtt_password_in_the_url_never_shows() -> None:
+    config = parse_config('[upstream]\nurl = "mqtt://site:hunter2@broker:1883"\n', env={})
+    assert config.upstream == "mqtt://site:hunter2@broker:1883"
+    assert describe(config)["upstream"] == "mqtt://site:***@broker:1883"
+    (problem,) = problems_of('[upstream]\nurl = "mqtt://site:hunter2@broker:99999"\n')
+    assert problem.startswith("upstream.url = 'mqtt://site:***@broker:99999' is not allowed") and "hunter2" not in problem
+    (problem,) = problems_of('[upstream]\nurl = "mqtt://broker"\n[upstream.settings]\n"sasl.password" = "s3cret"\n')
+    assert problem.startswith("upstream.settings.sasl.password = '***' is not allowed: not a setting of an MQTT upstream")
+
+
+def test_the_command_line_upstream_gets_the_same_check_as_the_file() -> None:
+    with pytest.raises(ValueError, match=r"upstream.url = 'mqtt:///x' is not allowed: mqtt needs a host"):
+        RunConfig(data_dir=Path("d"), upstream="mqtt:///x")
+    assert RunConfig(data_dir=Path("d"), upstream="mqtts://broker:8884/p").upstream == "mqtts://broker:8884/p"
 
 
 def test_all_problems_of_a_file_are_reported_together() -> None:
