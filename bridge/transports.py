@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Transport", "MemoryTransport", "SpoolTransport", "KafkaTransport", "open_upstream", "spool_file_name",
     "parse_upstream", "SpoolUpstream", "KafkaUpstream", "InvalidUpstream", "UPSTREAM_FORMS", "MQTT_SETTINGS",
-    "is_secret_setting", "redact_url",
+    "is_secret_setting", "redact_url", "KAFKA_SAFETY_SETTINGS", "check_kafka_settings", "kafka_transport_config",
 ]
 # MqttTransport lives in bridge/mqtt_upstream.py; open_upstream makes it for mqtt:// addresses.
 
@@ -145,6 +145,75 @@ class SpoolTransport:
         pass
 
 
+#: librdkafka settings the exactly-once guarantee rests on, and the only values
+#: a user setting may give them (the ones tidegate sets anyway). A weaker
+#: acks lets a broker acknowledge a batch it can still lose after the cursor
+#: moved; without idempotence, librdkafka's own retries may write a batch
+#: twice or out of order. Both aliases of acks are listed: librdkafka takes
+#: either, and the last one given wins.
+KAFKA_SAFETY_SETTINGS: Mapping[str, tuple[str, ...]] = {
+    "acks": ("all", "-1"),
+    "request.required.acks": ("all", "-1"),
+    "enable.idempotence": ("true",),
+}
+
+
+def _setting_text(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value).strip().lower()
+
+
+def check_kafka_settings(settings: Mapping[str, object]) -> None:
+    """Refuse user settings that would override the producer's safety settings.
+
+    Raises:
+        InvalidUpstream: naming the setting, its value and why it is refused.
+    """
+    for key, value in settings.items():
+        allowed = KAFKA_SAFETY_SETTINGS.get(key)
+        if allowed is not None and _setting_text(value) not in allowed:
+            raise InvalidUpstream(
+                key, str(value),
+                f"exactly-once delivery needs acks=all and enable.idempotence=true, which tidegate sets "
+                f"itself; remove {key} from [upstream.settings] (or the kafka:// address)",
+            )
+
+
+def kafka_transport_config(bootstrap: str, settings: Mapping[str, str] | None = None,
+                           timeout_s: float = 30.0) -> dict[str, str | int | bool]:
+    """The librdkafka configuration of the batch producer: tidegate's settings, then the user's.
+
+    User settings (TLS, SASL, timeouts...) pass through unchanged and are
+    applied last, except that none may weaken :data:`KAFKA_SAFETY_SETTINGS`.
+
+    Raises:
+        InvalidUpstream: a user setting overrides acks or enable.idempotence.
+    """
+    config: dict[str, str | int | bool] = {
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": "none",
+        "linger.ms": 0,
+        "message.timeout.ms": int(timeout_s * 1000),
+        "message.max.bytes": 8 * 1024 * 1024,
+        # After an outage, try the link again within 2 s rather than
+        # librdkafka's 10 s: a connection attempt costs a few bytes, and
+        # the backlog waits for it.
+        "reconnect.backoff.max.ms": 2000,
+    }
+    check_kafka_settings(settings or {})
+    config.update(settings or {})
+    return config
+
+
+def _without_secrets(text: str, settings: Mapping[str, object]) -> str:
+    """``text`` with the value of every secret setting replaced by ``***`` (librdkafka may quote values)."""
+    for key, value in settings.items():
+        if is_secret_setting(key) and str(value):
+            text = text.replace(str(value), "***")
+    return text
+
+
 class KafkaTransport:
     """Batches as messages on a Kafka topic, with confluent-kafka.
 
@@ -152,36 +221,32 @@ class KafkaTransport:
     duplicate or reorder a batch within one producer session; duplicates from a
     resend after a crash are removed downstream by reading id (see
     docs/batch_format.md, "Reading identity"). Batches are already lz4
-    compressed, so the producer compresses nothing again.
+    compressed, so the producer compresses nothing again. Settings that
+    librdkafka finds incompatible with idempotence (retries=0,
+    max.in.flight above 5, queuing.strategy=lifo) make it refuse to start.
 
     Args:
         bootstrap: "host:port[,host:port...]".
         topic: the batch topic.
-        settings: extra librdkafka settings (TLS, SASL, ...), applied last.
+        settings: extra librdkafka settings (TLS, SASL, ...), applied last;
+            they may not override acks or enable.idempotence.
         timeout_s: how long ``send`` waits for the acknowledgement.
+
+    Raises:
+        UpstreamConfigError: a setting is refused, here or by librdkafka (the
+            message never shows a secret setting's value).
     """
 
     def __init__(self, bootstrap: str, topic: str, settings: Mapping[str, str] | None = None, timeout_s: float = 30.0) -> None:
         from confluent_kafka import Producer  # imported here so spool-only installs never load librdkafka
 
-        config = {
-            "bootstrap.servers": bootstrap,
-            "acks": "all",
-            "enable.idempotence": True,
-            "compression.type": "none",
-            "linger.ms": 0,
-            "message.timeout.ms": int(timeout_s * 1000),
-            "message.max.bytes": 8 * 1024 * 1024,
-            # After an outage, try the link again within 2 s rather than
-            # librdkafka's 10 s: a connection attempt costs a few bytes, and
-            # the backlog waits for it.
-            "reconnect.backoff.max.ms": 2000,
-        }
-        config.update(settings or {})
+        config = kafka_transport_config(bootstrap, settings, timeout_s)
         try:
             self._producer = Producer(config)
         except Exception as exc:  # KafkaException on bad settings
-            raise UpstreamConfigError(f"bad Kafka settings: {exc}") from exc
+            # Not chained (from None): librdkafka's own exception text could
+            # quote a secret into a logged traceback; ours is scrubbed.
+            raise UpstreamConfigError(f"bad Kafka settings: {_without_secrets(str(exc), config)}") from None
         self.topic = topic
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
@@ -325,6 +390,7 @@ def parse_upstream(url: str, settings: Mapping[str, str] | None = None) -> Spool
             raise InvalidUpstream("url", url, "spool needs a directory, e.g. spool:./spool")
         return SpoolUpstream(Path(path))
     if parts.scheme == "kafka":
+        check_kafka_settings(merged)
         return KafkaUpstream(_kafka_servers(url, parts.netloc), parts.path.strip("/") or "tidegate.batches", merged)
     if parts.scheme in ("mqtt", "mqtts"):
         return _mqtt_upstream(url, parts, merged)
