@@ -21,8 +21,10 @@ import os
 import platform
 import re
 import shutil
+import socket
 import stat
 import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +88,31 @@ def test_unit_is_a_hardened_notify_service_with_a_watchdog() -> None:
     assert unit["NoNewPrivileges"] == ["yes"] and unit["CapabilityBoundingSet"] == [""]
     assert unit["ExecStart"] == ["/usr/local/bin/tidegate run --config /etc/tidegate/tidegate.toml"]
     assert {"char-ttyUSB rw", "char-ttyACM rw"} <= set(unit["DeviceAllow"])
+
+
+def test_unit_keeps_retrying_unattended_but_not_on_a_config_error(tmp_path: Path) -> None:
+    unit = _unit()
+
+    # No start limit (a disk full for an hour must not leave the service failed for good), paced retries.
+    assert unit["StartLimitIntervalSec"] == ["0"] and "StartLimitBurst" not in unit
+    assert unit["Restart"] == ["on-failure"] and int(unit["RestartSec"][0]) >= 10
+    # The exit status that stops the restarts is the one a broken configuration gives.
+    (prevent,) = unit["RestartPreventExitStatus"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mqtt]\nprot = 1883\n")
+    done = subprocess.run([sys.executable, "-m", "tidegate", "run", "--config", str(bad)], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert "configuration error" in done.stderr and prevent.split() == [str(done.returncode)] == ["2"]
+    # A failure that is not about the configuration (here: the status port taken) is restarted.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = subprocess.run([sys.executable, "-m", "tidegate", "run", "--data-dir", str(tmp_path / "d"),
+                               "--http", f"127.0.0.1:{taken.getsockname()[1]}"], cwd=tmp_path,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=60,
+                              check=False)
+    assert done.returncode not in (0, 2), done.stderr
 
 
 def test_unit_passes_systemd_analyze_security_offline(tmp_path: Path) -> None:
