@@ -21,7 +21,7 @@ def test_tidegate_bench_lists_every_benchmark_and_all(capsys: pytest.CaptureFixt
     assert cli_main(["bench"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert sorted(listed[:-1]) == NAMES and listed[-1] == "all"
-    assert {"log", "pipeline", "soak"} <= set(listed)
+    assert {"log", "pipeline", "footprint", "soak"} <= set(listed)
 
 
 def test_the_runner_dispatches_to_every_benchmark(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
