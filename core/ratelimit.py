@@ -1,6 +1,7 @@
-"""A token bucket for the uplink's bandwidth cap (bytes per second), with time passed in.
+"""A token bucket, with time passed in: the uplink's bandwidth cap and the dead-letter budget.
 
-How this works: tokens are bytes. The bucket fills at ``rate`` bytes per
+How this works: tokens are bytes for the uplink (core/deadletter.py counts
+dead letters with them instead, one token a letter). The bucket fills at ``rate`` bytes per
 second up to ``burst`` bytes. Sending ``n`` bytes needs the bucket to hold
 ``min(n, burst)`` tokens and then takes all ``n``, so the level may go
 negative: a batch bigger than the burst still goes (when the bucket is full)
@@ -9,7 +10,9 @@ bytes taken stay within ``rate * time + burst``, which is the cap a metered
 link needs, and no batch is ever too big to send.
 
 The bridge asks :meth:`TokenBucket.try_take` before each send, and when it
-is refused waits :meth:`TokenBucket.wait_ms`. The clock is the caller's
+is refused waits :meth:`TokenBucket.wait_ms`; the gateway's writer asks
+:class:`core.deadletter.DeadLetterBudget`, which holds one bucket per topic
+and one for all. The clock is the caller's
 (monotonic milliseconds); nothing here reads one.
 """
 

@@ -19,6 +19,16 @@ Backpressure: when the log refuses appends (disk quota with policy ``block``),
 the writer holds the message, retries, and stops taking new ones; the queue
 fills, the transport's thread blocks on ``put``, and the broker stops sending
 (the MQTT in-flight window is full). It resumes by itself when space returns.
+Dead letters never wait like that: one the log refuses is counted
+(``tidegate_dead_letters_dropped_total``) and its message acknowledged, so
+garbage can never hold up readings.
+
+Floods (docs/ingest.md, "Dead letters"): every rejected message is counted
+by reason, but only a budget of them is stored one by one
+(:class:`core.deadletter.DeadLetterBudget`); the rest are folded into a flood
+summary per topic. A message folded into a summary is acknowledged only once
+that summary is durable, like any other. Log lines about rejected input are
+limited to one per interval (:class:`core.deadletter.RejectionLog`).
 """
 
 from __future__ import annotations
@@ -31,7 +41,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from core.deadletter import DEAD_LETTER_STREAM, DeadLetter, encode_dead_letter
+from core.deadletter import (
+    DEAD_LETTER_STREAM, DeadLetter, DeadLetterBudget, DeadLetterPolicy, RejectionLog, encode_dead_letter,
+)
 from core.intake import Accepted, Duplicate, Intake
 from core.log import UNSYNCED, LogFull, RecordRejected, Unsynced
 from core.reading import Reading, decode_record, encode_reading
@@ -76,7 +88,11 @@ class Message:
 def _describe(metrics: Metrics) -> None:
     metrics.describe("tidegate_messages_received_total", "counter", "Messages received from transports")
     metrics.describe("tidegate_readings_in_total", "counter", "Readings appended to the log, per stream")
-    metrics.describe("tidegate_rejected_total", "counter", "Messages kept as dead letters, per reason")
+    metrics.describe("tidegate_rejected_total", "counter", "Messages rejected (dead letters), per reason")
+    metrics.describe("tidegate_dead_letters_summarised_total", "counter",
+                     "Rejected messages over the dead-letter budget, kept in a flood summary instead of one by one, per reason")
+    metrics.describe("tidegate_dead_letters_dropped_total", "counter",
+                     "Dead letters (messages they stand for) the log refused to store (quota), per reason")
     metrics.describe("tidegate_acks_total", "counter", "Messages acknowledged after their records became durable")
     metrics.describe("tidegate_intake_blocked", "gauge", "1 while the log refuses new readings (quota)")
     metrics.describe("tidegate_duplicates_total", "counter", "Samples dropped as already seen (device, boot, seq)")
@@ -99,6 +115,9 @@ class Gateway:
         clock_probe: returns (wall ms, monotonic ms, synchronised) for device
             time; edge/clocksync.py's probe by default when ``clock`` is the
             real clock, none otherwise.
+        dead_letters: the dead-letter budget, raw-bytes cap and log-line interval.
+        monotonic: monotonic time in seconds, for the dead-letter budget and
+            the log-line interval (injected for tests).
     """
 
     def __init__(
@@ -112,6 +131,8 @@ class Gateway:
         intake: Intake | None = None,
         clock_probe: Callable[[], tuple[int, int, bool]] | None = None,
         remember_records: int = 20_000,
+        dead_letters: DeadLetterPolicy | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = log_sink
         self.remember_records = remember_records
@@ -126,6 +147,12 @@ class Gateway:
         self.clock_probe = clock_probe
         self._queue: queue.Queue[Message] = queue.Queue(maxsize=queue_size)
         self._pending: list[tuple[Message, dict[str, int]]] = []
+        self.monotonic = monotonic
+        self.dead_letter_policy = dead_letters if dead_letters is not None else DeadLetterPolicy()
+        self.budget = DeadLetterBudget(self.dead_letter_policy, self._mono_ms())
+        self._rejections = RejectionLog(self.dead_letter_policy.log_interval_ms)
+        # Messages folded into a pending flood summary: acknowledged once it is durable.
+        self._held: list[tuple[Message, dict[str, int]]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failed = threading.Event()
@@ -134,6 +161,9 @@ class Gateway:
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def _mono_ms(self) -> float:
+        return self.monotonic() * 1000.0
 
     def log_now(self) -> int | Unsynced:
         """The time the log judges late and early records by.
@@ -206,8 +236,10 @@ class Gateway:
                 message = self._queue.get(timeout=0.01 if self._pending else 0.1)
             except queue.Empty:
                 if self._stop.is_set():
+                    self._maybe_summarise(force=True)
                     self._drain_pending(final=True)
                     return
+                self._maybe_summarise()
                 self._release_durable()
                 continue
             self._observe_clock()
@@ -218,6 +250,7 @@ class Gateway:
                     self._write(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            self._maybe_summarise()
             self._release_durable()
 
     def _observe_clock(self) -> None:
@@ -241,32 +274,87 @@ class Gateway:
         if isinstance(result, Accepted):
             provenance = result.provenance or (None,) * len(result.readings)
             records = [(r.ts_ms, encode_reading(r, o)) for r, o in zip(result.readings, provenance)]
+            held = False
             try:
                 needs[result.stream] = self._append_many(result.stream, records)
                 appended = len(records)
             except RecordRejected:
                 # Some reading breaks the log's time rule and nothing was written:
                 # go reading by reading, so only the refused ones become dead letters.
-                appended = self._append_one_by_one(message, result.stream, result.readings, records, needs)
+                appended, held = self._append_one_by_one(message, result.stream, result.readings, records, needs)
             self.metrics.inc("tidegate_readings_in_total", appended, {"stream": result.stream})
             if result.unsynced:
                 self.metrics.inc("tidegate_readings_unsynced_total", result.unsynced)
             if result.duplicates:
                 self.metrics.inc("tidegate_duplicates_total", result.duplicates, {"source": message.source})
                 needs = self._covering_pending(needs)
-        else:
-            letter = result.letter
-            needs[DEAD_LETTER_STREAM] = self._append(DEAD_LETTER_STREAM, letter.received_ms, encode_dead_letter(letter))
-            self.metrics.inc("tidegate_rejected_total", labels={"reason": letter.reason})
-            log.info("rejected message on %s: %s", letter.topic, letter.message)
+            if held:
+                self._held.append((message, needs))
+                return
+        elif not self._reject(result.letter, needs):
+            self._held.append((message, needs))
+            return
         self._pending.append((message, needs))
+
+    def _reject(self, letter: DeadLetter, needs: dict[str, int]) -> bool:
+        """Count a rejected message and store its dead letter, or fold it into a flood summary.
+
+        Returns:
+            True if the letter was dealt with (stored, or refused by the log and
+            counted); False if it waits in a flood summary, and so must its
+            message's acknowledgement.
+        """
+        self.metrics.inc("tidegate_rejected_total", labels={"reason": letter.reason})
+        now = self._mono_ms()
+        line = self._rejections.note(letter, now)
+        if line is not None:
+            log.info("%s", line)
+        if not self.budget.admit(letter, now):
+            self.metrics.inc("tidegate_dead_letters_summarised_total", labels={"reason": letter.reason})
+            return False
+        offset = self._append_dead_letter(letter)
+        if offset is not None:
+            needs[DEAD_LETTER_STREAM] = offset
+        return True
+
+    def _append_dead_letter(self, letter: DeadLetter) -> int | None:
+        """Append a dead letter; None if the log refuses it (counted, never waited for)."""
+        try:
+            return self.log.append(DEAD_LETTER_STREAM, letter.received_ms,
+                                   encode_dead_letter(letter, self.dead_letter_policy.raw_cap_bytes), self.log_now())
+        except (LogFull, RecordRejected):
+            for reason, n in letter.rejected().items():
+                self.metrics.inc("tidegate_dead_letters_dropped_total", n, {"reason": reason})
+            return None
+
+    def _maybe_summarise(self, force: bool = False) -> None:
+        """Write the flood summaries that are due; move the messages they cover to the pending acknowledgements."""
+        now = self._mono_ms()
+        line = self._rejections.maybe_summary(now)
+        if line is not None:
+            log.info("%s", line)
+        summaries = self.budget.maybe_summaries(now, force=force)
+        if not summaries:
+            return
+        offsets = [offset for summary in summaries if (offset := self._append_dead_letter(summary)) is not None]
+        held, self._held = self._held, []
+        for message, needs in held:
+            if offsets:
+                needs[DEAD_LETTER_STREAM] = max(needs.get(DEAD_LETTER_STREAM, -1), *offsets)
+            self._pending.append((message, needs))
 
     def _append_one_by_one(
         self, message: Message, stream: str, readings: tuple[Reading, ...], records: list[tuple[int, bytes]],
         needs: dict[str, int],
-    ) -> int:
-        """Append each reading alone; a refused one becomes a dead letter. Returns how many were appended."""
+    ) -> tuple[int, bool]:
+        """Append each reading alone; a refused one becomes a dead letter.
+
+        Returns:
+            How many readings were appended, and whether a refused one went
+            into a flood summary (then the message's acknowledgement waits for it).
+        """
         appended = 0
+        held = False
         for reading, (ts_ms, payload) in zip(readings, records):
             try:
                 needs[stream] = self._append(stream, ts_ms, payload)
@@ -281,10 +369,8 @@ class Gateway:
                     message.source, message.topic, message.received_ms, exc.reason,
                     f"reading {reading.device}/{reading.metric} at {reading.ts_ms}: {exc}", message.payload,
                 )
-                needs[DEAD_LETTER_STREAM] = self._append(DEAD_LETTER_STREAM, letter.received_ms, encode_dead_letter(letter))
-                self.metrics.inc("tidegate_rejected_total", labels={"reason": letter.reason})
-                log.info("rejected reading on %s: %s", letter.topic, letter.message)
-        return appended
+                held = not self._reject(letter, needs) or held
+        return appended, held
 
     def _covering_pending(self, needs: dict[str, int]) -> dict[str, int]:
         """``needs`` raised to cover every pending message's records."""

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from bridge.forwarder import Forwarder
 from bridge.transports import Transport, open_upstream
-from core.deadletter import DEAD_LETTER_STREAM, decode_dead_letter
+from core.deadletter import DEAD_LETTER_STREAM, decode_dead_letter, with_dead_letter_quota
 from core.errors import CoreError
 from core.reading import decode_reading
 from edge.errors import BrokerUnavailable
@@ -323,7 +323,7 @@ class Telemetry:
                 self.dead_letters.append({
                     "received_ms": letter.received_ms, "source": letter.source, "topic": letter.topic,
                     "reason": letter.reason, "message": letter.message, "raw_hex": letter.raw[:64].hex(),
-                    "raw_bytes": len(letter.raw),
+                    "raw_bytes": letter.original_length,
                 })
                 return
             if stream.startswith("_"):
@@ -461,7 +461,8 @@ class Service:
         self.fleet: Fleet | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.log = open_log(config.data_dir / "log", config.log)
+        # Dead letters at drop_oldest and the lowest priority: garbage never blocks readings at the quota.
+        self.log = open_log(config.data_dir / "log", with_dead_letter_quota(config.log))
         self.transport: Transport = open_upstream(config.upstream, config.upstream_settings)
         self.gateway = Gateway(self.log, config.routes, self.metrics, clock=clock)
         self.forwarder = Forwarder(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from pathlib import Path
+
+import pytest
 
 from core.deadletter import DEAD_LETTER_STREAM, decode_dead_letter
 from core.reading import decode_reading
@@ -154,13 +158,15 @@ def test_an_unsynchronised_gateway_clock_does_not_judge_readings_early() -> None
     assert [decode_dead_letter(r.payload).reason for r in real_log.read(DEAD_LETTER_STREAM, 0)] == ["early"]
 
 
-def test_a_full_quota_pauses_acknowledgements_and_intake_resumes_when_space_returns() -> None:
-    from core.log import Log, LogConfig
-    from tests.unit.log.memfs import MemFS
+def test_a_full_quota_pauses_acknowledgements_and_intake_resumes_when_space_returns(tmp_path: Path) -> None:
+    from core.log import LogConfig
+    from edge.logstore import open_log
 
     hour = 3_600_000
     now_ms = 1_767_225_600_000 + 24 * hour
-    real_log = Log(MemFS(), LogConfig(sync_policy="interval", quota_bytes=1 << 20, quota_policy="block"))
+    # The locked SharedLog: the stand-in bridge thread below stores cursors while the writer appends.
+    real_log = open_log(tmp_path / "log", LogConfig(sync_policy="interval", quota_bytes=1 << 20, quota_policy="block"),
+                        clock=lambda: now_ms / 1000)
     acked: list[int] = []
     metrics = Metrics()
     gateway = Gateway(real_log, ROUTES, metrics, clock=lambda: now_ms / 1000, retry_s=0.02)
@@ -201,4 +207,123 @@ def test_a_full_quota_pauses_acknowledgements_and_intake_resumes_when_space_retu
             bridge.join()
     finally:
         gateway.stop()
+        real_log.close()
     assert sorted(acked) == list(range(i + 1))
+
+
+# --------------------------------------------------------------------------- floods of garbage
+
+
+def _flood_gateway(log_sink: GatedLog, metrics: Metrics, mono: list[float], **policy: int | float) -> Gateway:
+    from core.deadletter import DeadLetterPolicy
+
+    defaults: dict[str, int | float] = {"per_topic_rate": 1, "per_topic_burst": 5, "total_rate": 5, "total_burst": 10}
+    return Gateway(log_sink, ROUTES, metrics, clock=lambda: 1000.0, monotonic=lambda: mono[0],
+                   dead_letters=DeadLetterPolicy(**{**defaults, **policy}))  # type: ignore[arg-type]
+
+
+def test_a_flood_is_counted_whole_stored_within_its_budget_and_good_readings_all_get_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = GatedLog()
+    fake.allow_sync.set()
+    metrics = Metrics()
+    mono = [0.0]
+    acked: list[str] = []
+    gateway = _flood_gateway(fake, metrics, mono, summary_max_letters=100)
+    caplog.set_level(logging.INFO, logger="tidegate.gateway")
+    gateway.start()
+    try:
+        for i in range(1000):
+            gateway.submit(Message("mqtt", "sensors/bad/t", b"{ garbage %d" % i, 1000, lambda i=i: acked.append(f"bad{i}")))
+            if i % 10 == 0:
+                gateway.submit(Message("mqtt", "sensors/n1/t", b'{"ts": %d, "value": %d}' % (i, i), 1000,
+                                       lambda i=i: acked.append(f"good{i}")))
+        wait_for(lambda: len(acked) == 1100)
+    finally:
+        gateway.stop()
+    assert sorted(decode_reading(p).value for p in fake.records["sensors"]) == list(range(0, 1000, 10))
+    letters = [decode_dead_letter(p) for p in fake.records[DEAD_LETTER_STREAM]]
+    stored = [letter for letter in letters if letter.reason != "flood"]
+    assert len(stored) == 5  # the topic's burst; the clock did not move
+    assert sum(sum(letter.rejected().values()) for letter in letters) == 1000
+    assert metrics.get("tidegate_rejected_total", {"reason": "bad_json"}) == 1000
+    assert metrics.get("tidegate_dead_letters_summarised_total", {"reason": "bad_json"}) == 995
+    assert len([r for r in caplog.records if r.name == "tidegate.gateway"]) <= 2
+
+
+def test_a_message_in_a_flood_summary_is_acknowledged_only_once_the_summary_is_durable() -> None:
+    fake = GatedLog()
+    fake.allow_sync.set()
+    mono = [0.0]
+    acked: list[int] = []
+    gateway = _flood_gateway(fake, Metrics(), mono, per_topic_burst=1, summary_interval_ms=5_000)
+    gateway.start()
+    try:
+        for i in range(3):
+            gateway.submit(Message("mqtt", "sensors/bad/t", b"{", 1000, lambda i=i: acked.append(i)))
+        wait_for(lambda: acked == [0])
+        time.sleep(0.2)
+        assert acked == [0] and DEAD_LETTER_STREAM in fake.records and len(fake.records[DEAD_LETTER_STREAM]) == 1
+        mono[0] = 5.0  # the summary interval is over
+        wait_for(lambda: sorted(acked) == [0, 1, 2])
+    finally:
+        gateway.stop()
+    summary = decode_dead_letter(fake.records[DEAD_LETTER_STREAM][-1])
+    assert summary.reason == "flood" and summary.rejected() == {"bad_json": 2}
+
+
+def test_a_dead_letter_the_log_refuses_is_counted_and_never_holds_up_readings() -> None:
+    from core.log import LogFull
+
+    class DeadLetterQuotaFull(GatedLog):
+        def append(self, stream: str, ts_ms: int, payload: bytes, now_ms: int) -> int:
+            if stream == DEAD_LETTER_STREAM:
+                raise LogFull("log quota reached", reason="log_full")
+            return super().append(stream, ts_ms, payload, now_ms)
+
+    fake = DeadLetterQuotaFull()
+    fake.allow_sync.set()
+    metrics = Metrics()
+    acked: list[str] = []
+    gateway = Gateway(fake, ROUTES, metrics, clock=lambda: 1.0)
+    gateway.start()
+    try:
+        gateway.submit(Message("mqtt", "nowhere", b"{}", 1000, lambda: acked.append("bad")))
+        gateway.submit(Message("mqtt", "sensors/n1/t", b'{"ts": 1, "value": 1}', 1000, lambda: acked.append("good")))
+        wait_for(lambda: len(acked) == 2)
+    finally:
+        gateway.stop()
+    assert metrics.get("tidegate_dead_letters_dropped_total", {"reason": "no_route"}) == 1
+    assert metrics.get("tidegate_intake_blocked") == 0
+
+
+@pytest.mark.slow
+def test_at_the_quota_dead_letters_make_room_for_readings() -> None:
+    from core.deadletter import DeadLetterPolicy, with_dead_letter_quota
+    from core.log import Log, LogConfig
+    from tests.unit.log.memfs import MemFS
+
+    now_ms = 1_767_225_600_000
+    config = with_dead_letter_quota(LogConfig(sync_policy="always", quota_bytes=1 << 20, quota_policy="block"))
+    real_log = Log(MemFS(), config)  # only the writer thread touches it until it stops
+    metrics = Metrics()
+    acked: list[int] = []
+    # An unlimited budget, so the garbage alone would fill the quota.
+    gateway = Gateway(real_log, ROUTES, metrics, clock=lambda: now_ms / 1000,
+                      dead_letters=DeadLetterPolicy(per_topic_rate=1e9, per_topic_burst=10**9, total_rate=1e9,
+                                                    total_burst=10**9))
+    gateway.start()
+    try:
+        for i in range(2500):  # about 1.5 MiB of dead letters, more than the quota
+            gateway.submit(Message("mqtt", "nowhere", b"x" * 600, now_ms, lambda: None))
+        for i in range(100):
+            gateway.submit(Message("mqtt", "sensors/n1/t", b'{"ts": %d, "value": %d}' % (now_ms + i, i), now_ms,
+                                   lambda i=i: acked.append(i)))
+        wait_for(lambda: len(acked) == 100, timeout=30)
+    finally:
+        gateway.stop()
+    stats = real_log.stats()
+    real_log.close()
+    assert metrics.get("tidegate_intake_blocked") == 0
+    assert stats["streams"][DEAD_LETTER_STREAM]["dropped_by_quota"] > 0  # type: ignore[index]

@@ -66,11 +66,6 @@ def test_bad_message_becomes_a_dead_letter_with_raw_bytes(topic: str, payload: b
     assert (result.letter.reason, result.letter.raw, result.letter.topic) == (reason, payload, topic)
 
 
-def test_dead_letter_record_round_trips() -> None:
-    letter = DeadLetter("serial", "/dev/serial/by-id/x", 5, "bad_crc", "frame CRC mismatch", b"\x00\xff")
-    assert decode_dead_letter(encode_dead_letter(letter)) == letter
-
-
 def test_payload_the_transport_marked_damaged_is_a_dead_letter_with_its_reason() -> None:
     raw = b"\x01\x21\x85\xa1"
     result = classify_message(ROUTES, "serial", "/dev/serial/by-id/x", DamagedPayload(raw, "bad_crc", "CRC mismatch"), 9)
@@ -94,7 +89,7 @@ def _check(intake: Intake, topic: str, payload: bytes) -> None:
         letter = result.letter
         assert (letter.source, letter.topic, letter.received_ms, letter.raw) == ("mqtt", topic, 123, bytes(payload))
         assert type(letter.raw) is bytes and _REASON.match(letter.reason) and letter.message
-        assert decode_dead_letter(encode_dead_letter(letter)) == letter
+        assert decode_dead_letter(encode_dead_letter(letter, raw_cap=len(letter.raw))) == letter
 
 
 _topics = st.sampled_from([f"{fmt}/d/m" for fmt in ("auto", "json", "msgpack", "cbor", "senml", "senml-cbor")] + ["nowhere"])
