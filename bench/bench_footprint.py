@@ -44,13 +44,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from bench.bench_pipeline import proc_stats
-from bench.common import ROOT, machine, table
+from bench.common import ROOT, gateway_metrics, machine, table
 from edge.mosquitto import Mosquitto, free_port
 
 POLICIES = ("always", "interval", "never")
@@ -67,19 +66,6 @@ def proc_io(pid: int | str) -> dict[str, int]:
 def dir_bytes(path: Path) -> int:
     """Apparent size of the files under ``path``."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
-
-
-def metrics(port: int) -> dict[str, float]:
-    """The gateway's /metrics, each metric summed over its labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name_labels, value = line.rsplit(" ", 1)
-            name = name_labels.split("{", 1)[0]
-            out[name] = out.get(name, 0.0) + float(value)
-    return out
 
 
 class SyncCounter:
@@ -164,7 +150,7 @@ def _wait_metric(port: int, name: str, at_least: float, timeout: float, process:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            values = metrics(port)
+            values = gateway_metrics(port)
             if values.get(name, 0.0) >= at_least:
                 return values
         except OSError:
@@ -212,7 +198,7 @@ def run_case(upstream_kind: str, policy: str, rate: float, readings: int, idle_s
             time.sleep(0.2)
         rss, cpu_start = proc_stats(gw.pid)
         idle_cpu_share = (cpu_start - cpu_idle_start) / (time.monotonic() - idle_start)
-        before = metrics(http_port)
+        before = gateway_metrics(http_port)
         io_start = proc_io(gw.pid)
         dir_start = dir_bytes(data_dir)
         syncs = SyncCounter(gw.pid)
@@ -234,7 +220,7 @@ def run_case(upstream_kind: str, policy: str, rate: float, readings: int, idle_s
         _, cpu_end = proc_stats(gw.pid)
         io_end = proc_io(gw.pid)
         fsyncs = syncs.stop()
-        final = metrics(http_port)
+        final = gateway_metrics(http_port)
         dir_end = dir_bytes(data_dir)
     spool = data_dir / "spool"
     return {

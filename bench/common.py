@@ -96,6 +96,21 @@ class CountingProxy:
         self._server.close()
 
 
+def gateway_metrics(port: int) -> dict[str, float]:
+    """A gateway's /metrics on loopback, each metric summed over its labels."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name_labels, value = line.rsplit(" ", 1)
+            name = name_labels.split("{", 1)[0]
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
 def machine() -> str:
     import os
 
