@@ -99,7 +99,11 @@ class ClockProbe:
     """Wall time, monotonic time and the sync state, for ``DeviceClock.observe``.
 
     The sync state is probed at most every ``every_s`` seconds (it changes
-    rarely and the fallback runs a process).
+    rarely and the fallback runs a process). Each change is logged once: a
+    clock found unsynchronised (also at the first probe) as a WARNING, since
+    readings are then timed and windowed by a clock that cannot be trusted
+    and the status page's last-errors table keeps warnings; a clock that
+    becomes synchronised at INFO.
 
     Args:
         every_s: how long a sync answer is reused.
@@ -120,6 +124,7 @@ class ClockProbe:
         self._wall = wall
         self._mono = mono
         self._synced = False
+        self._probed = False  # the first answer is a change too: the state before it is unknown
         self._next_probe = float("-inf")
 
     def sample(self) -> tuple[int, int, bool]:
@@ -127,8 +132,12 @@ class ClockProbe:
         mono = self._mono()
         if mono >= self._next_probe:
             synced = self._probe()
-            if synced != self._synced:
-                log.info("gateway clock %s", "synchronised" if synced else "not synchronised")
+            if not synced and (self._synced or not self._probed):
+                log.warning("gateway clock not synchronised (NTP): readings without a device time are marked"
+                            " unsynced, windows do not close by time and nothing is deleted by age; see tidegate doctor")
+            elif synced and not self._synced:
+                log.info("gateway clock synchronised")
             self._synced = synced
+            self._probed = True
             self._next_probe = mono + self.every_s
         return int(self._wall() * 1000), int(mono * 1000), self._synced

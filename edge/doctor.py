@@ -103,7 +103,8 @@ def check_disk(data_dir: Path, quota_bytes: int | None,
     try:
         st = statvfs(str(where))
     except OSError as exc:
-        return Check("disk", FAIL, f"cannot stat {where}: {exc.strerror}")
+        return Check("disk", FAIL, f"cannot stat {where}: {exc.strerror}",
+                     "check that the disk is mounted and readable (mount, dmesg | grep -i mmc for card errors)")
     free = st.f_bavail * st.f_frsize
     total = st.f_blocks * st.f_frsize
     used_by_log = _du(data_dir / "log")
