@@ -20,10 +20,10 @@ TLS_AND_SASL = {
 }
 
 
-def test_the_producer_is_idempotent_with_acks_all_and_compresses_nothing_again() -> None:
+def test_the_producer_is_idempotent_with_acks_all_and_compresses_its_requests_with_lz4() -> None:
     config = kafka_transport_config("10.0.0.1:9092,10.0.0.2:9092", {}, timeout_s=12)
     assert config["bootstrap.servers"] == "10.0.0.1:9092,10.0.0.2:9092"
-    assert (config["acks"], config["enable.idempotence"], config["compression.type"]) == ("all", True, "none")
+    assert (config["acks"], config["enable.idempotence"], config["compression.type"]) == ("all", True, "lz4")
     assert config["message.timeout.ms"] == 12_000
 
 
