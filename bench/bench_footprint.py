@@ -49,7 +49,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.bench_pipeline import proc_stats
-from bench.common import ROOT, gateway_metrics, machine, table
+from bench.common import ROOT, gateway_metrics, machine, table, wait_for_metric
 from edge.mosquitto import Mosquitto, free_port
 
 POLICIES = ("always", "interval", "never")
@@ -146,22 +146,6 @@ def simulate_count(port: int, rate: float, readings: int) -> subprocess.Popen[st
     )
 
 
-def _wait_metric(port: int, name: str, at_least: float, timeout: float, process: subprocess.Popen[bytes]) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            values = gateway_metrics(port)
-            if values.get(name, 0.0) >= at_least:
-                return values
-        except OSError:
-            values = {}
-        if process.poll() is not None:
-            raise RuntimeError(f"the gateway exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name} did not reach {at_least} in {timeout:.0f} s (last: {values.get(name)})")
-        time.sleep(0.25)
-
-
 @contextmanager
 def gateway(mq: Mosquitto, data_dir: Path, upstream: str, policy: str, http_port: int) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
@@ -188,7 +172,7 @@ def run_case(upstream_kind: str, policy: str, rate: float, readings: int, idle_s
     http_port = free_port()
     with Mosquitto(work / f"mq-{name}") as mq, \
             gateway(mq, data_dir, kafka_upstream if upstream_kind == "kafka" else "", policy, http_port) as gw:
-        _wait_metric(http_port, "tidegate_mqtt_connected", 1, 60, gw)
+        wait_for_metric(http_port, "tidegate_mqtt_connected", 1, 60, gw)
         time.sleep(1.0)  # the status page's first samples, the forwarder's first polls
         rss_idle: list[int] = []
         cpu_idle_start = proc_stats(gw.pid)[1]
@@ -212,7 +196,7 @@ def run_case(upstream_kind: str, policy: str, rate: float, readings: int, idle_s
         match = re.search(r"published (\d+) of (\d+)", published)
         if not match or int(match.group(1)) != readings // 2:
             raise RuntimeError(f"the simulator did not publish {readings // 2} samples: {published.strip()}")
-        after = _wait_metric(http_port, "tidegate_readings_out_total",
+        after = wait_for_metric(http_port, "tidegate_readings_out_total",
                              before.get("tidegate_readings_out_total", 0) + readings, 120, gw)
         elapsed = time.monotonic() - start
         peak = max(peak, proc_stats(gw.pid)[0])

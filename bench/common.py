@@ -7,7 +7,9 @@ import datetime as dt
 import platform
 import random
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +111,27 @@ def gateway_metrics(port: int) -> dict[str, float]:
             name = name_labels.split("{", 1)[0]
             out[name] = out.get(name, 0.0) + float(value)
     return out
+
+
+def wait_for_metric(port: int, name: str, at_least: float, timeout: float, process: subprocess.Popen[bytes]) -> dict[str, float]:
+    """Polls a gateway's /metrics until ``name`` is at least ``at_least``; returns the metrics then.
+
+    Raises:
+        RuntimeError: the gateway exited, or the metric is not there within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            values = gateway_metrics(port)
+            if values.get(name, 0.0) >= at_least:
+                return values
+        except OSError:
+            values = {}
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not reach {at_least} in {timeout:.0f} s (last: {values.get(name)})")
+        time.sleep(0.25)
 
 
 def machine() -> str:
