@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from core.log import Log, LogConfig
     from tidegate.config import RunConfig
 
-__all__ = ["main", "build_parser", "parse_time", "ReadOnlyFileSystem", "open_log_read_only", "run_config_from_args"]
+__all__ = [
+    "main", "build_parser", "parse_time", "ReadOnlyFileSystem", "open_log_read_only", "run_config_from_args", "split_batches",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +81,29 @@ _EPILOG_DECODE = """\
 examples:
   tidegate decode tidegate-data/spool/*.tgb          one JSON line per reading
   tidegate decode --headers tidegate-data/spool/     one JSON line per batch
+  cat tidegate-data/spool/*.tgb | tidegate decode -  batches from stdin
+  tidegate decode kafka://10.0.0.5:9092/tidegate.batches --from-beginning --no-follow
+      every batch on the topic so far, then stop
+  tidegate decode kafka://10.0.0.5:9092/tidegate.batches --window 2026-11-22T08:30Z --headers
+      the batches of the time window that holds that moment (one per line), then stop
+  tidegate decode kafka://10.0.0.5:9092/tidegate.batches --max 10
+      the next 10 batches that arrive
+sources:
+  FILE or DIR   a batch file, or a spool directory (its *.tgb files in name order)
+  -             stdin: raw batch bytes, one batch or several simply concatenated (what cat of
+                spool files gives). No other framing: each batch's header says how long it is
+                (docs/batch_format.md: 48 fixed bytes, two length-prefixed names, body_length).
+                A batch that fails its CRC is reported and skipped; a stream that ends inside a
+                batch, or where no batch magic follows one, ends the input with an error.
+  kafka://HOST:PORT[,HOST:PORT]/TOPIC
+                the batch topic, read without a consumer group (nothing committed). Starts at the
+                end and waits for new batches unless --from-beginning or --window; stops at --max
+                batches, at the end of the topic with --no-follow (or --window), or at Ctrl-C.
+                librdkafka settings (TLS, SASL) come from the address's query and from
+                [upstream.settings] of --config.
+Readings print as {"id", "device", "metric", "ts_ms", "value", "received_ms", "time_source"};
+--headers prints one line per batch with where it came from (file, or topic/partition/offset).
+exit status: 0 every batch decoded, 1 a batch or source could not be read (said on stderr), 2 bad arguments.
 """
 _EPILOG_FSCK = """\
 examples:
@@ -252,10 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--gateway-id", default=None, help="the gateway id in the batches (default: the configured one)")
     replay.add_argument("--batch-readings", type=int, default=5000, help="readings per batch at most (default 5000)")
 
-    decode = _sub(sub, "decode", "decode batch files (spool) into JSON lines",
-                  "Decode tidegate batch files and print one JSON line per reading (or per batch).", _EPILOG_DECODE)
-    decode.add_argument("paths", nargs="+", type=Path, help="batch files or spool directories")
+    decode = _sub(sub, "decode", "decode batches (files, spool, stdin or a Kafka topic) into JSON lines",
+                  "Decode tidegate batches and print one JSON line per reading (or per batch).", _EPILOG_DECODE)
+    decode.add_argument("paths", nargs="+", metavar="SOURCE",
+                        help="batch files, spool directories, - (stdin) or kafka://HOST:PORT/TOPIC")
     decode.add_argument("--headers", action="store_true", help="print batch headers only")
+    decode.add_argument("--max", type=int, default=None, metavar="N", help="stop after N batches")
+    decode.add_argument("--from-beginning", action="store_true", help="kafka: start at the oldest batch on the topic")
+    decode.add_argument("--window", type=parse_time, default=None, metavar="TIME",
+                        help="kafka: only the batches of the time window holding TIME (found by record time); stops at the end")
+    decode.add_argument("--no-follow", action="store_true", help="kafka: stop at the end of the topic")
+    decode.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="kafka: take librdkafka settings (TLS, SASL) from this config's [upstream.settings]")
+    decode.add_argument("--timeout", type=float, default=10.0, help="kafka: seconds to wait for the cluster (default 10)")
 
     fsck = _sub(sub, "fsck", "check (and repair) the log's files",
                 "Check every segment, index, cursor and state file of a data directory. "
@@ -793,39 +827,243 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- decode, fsck, doctor
 
 
-def _batch_files(paths: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        files.extend(sorted(path.glob("*.tgb")) if path.is_dir() else [path])
-    return files
+#: Where a batch came from: the fields --headers prints first ("file", or "topic"/"partition"/"offset").
+Origin = dict[str, Any]
+#: What a source hands the decoder: where, a label for error messages, and the batch's bytes or why there are none.
+Sourced = tuple[Origin, str, bytes | Exception]
+
+# Stdin framing, from docs/batch_format.md: 48 fixed bytes (magic first,
+# body_length last, a big-endian u32 at 44), then two names each preceded by
+# its u8 length, then the body. decode_batch checks everything else.
+_FIXED_HEADER = 48
+_BODY_LENGTH_AT = 44
+#: A length beyond this is damage, not a batch (the Kafka transport caps batches at 8 MiB).
+_MAX_STREAM_BATCH = 64 * 1024 * 1024
+_CHUNK = 1024 * 1024
 
 
-def _cmd_decode(args: argparse.Namespace) -> int:
-    from core.batch import decode_batch
+def _read_exact(stream: Any, n: int) -> bytes:
+    """Up to ``n`` bytes, fewer only at the end of the stream; read in chunks so a wrong length costs no memory."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        chunk = stream.read(min(n - got, _CHUNK))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def split_batches(stream: Any) -> Iterator[bytes]:
+    """Cut a byte stream of concatenated batches into batches, by each header's lengths.
+
+    Args:
+        stream: a binary file object (``sys.stdin.buffer``); read as far as needed, never seeked.
+
+    Yields:
+        Each batch's bytes, unchecked (:func:`core.batch.decode_batch` checks them).
+
+    Raises:
+        BatchFormatError: the stream ends inside a batch, or the next bytes are
+            not a batch's start; what follows cannot be framed.
+    """
+    from core.batch import MAGIC
     from core.errors import BatchFormatError
 
-    failures = 0
-    for path in _batch_files(args.paths):
+    position = 0
+    while True:
+        fixed = _read_exact(stream, _FIXED_HEADER)
+        if not fixed:
+            return
+        if fixed[:4] != MAGIC[: len(fixed[:4])]:
+            raise BatchFormatError(f"no batch starts at byte {position} (magic {fixed[:4]!r})", reason="bad_magic")
+        if len(fixed) < _FIXED_HEADER:
+            raise BatchFormatError(f"input ends inside the batch header at byte {position}", reason="truncated")
+        body_length = int.from_bytes(fixed[_BODY_LENGTH_AT:_FIXED_HEADER], "big")
+        if body_length > _MAX_STREAM_BATCH:
+            raise BatchFormatError(f"batch at byte {position} claims a {body_length}-byte body", reason="bad_length")
+        pieces = [fixed]
+        for _ in ("gateway", "stream"):
+            length = _read_exact(stream, 1)
+            name = _read_exact(stream, length[0]) if length else b""
+            if not length or len(name) < length[0]:
+                raise BatchFormatError(f"input ends inside the batch at byte {position}", reason="truncated")
+            pieces += [length, name]
+        body = _read_exact(stream, body_length)
+        if len(body) < body_length:
+            raise BatchFormatError(f"input ends inside the batch at byte {position}: {len(body)} of {body_length} body bytes",
+                                   reason="truncated")
+        batch = b"".join(pieces) + body
+        yield batch
+        position += len(batch)
+
+
+def _file_sources(sources: Sequence[str]) -> Iterator[Sourced]:
+    from core.errors import BatchFormatError
+
+    for source in sources:
+        if source == "-":
+            try:
+                for data in split_batches(sys.stdin.buffer):
+                    yield {"file": "-"}, "stdin", data
+            except BatchFormatError as exc:
+                yield {"file": "-"}, "stdin", exc
+            continue
+        path = Path(source)
+        for file in sorted(path.glob("*.tgb")) if path.is_dir() else [path]:
+            try:
+                data = file.read_bytes()
+            except OSError as exc:
+                yield {"file": str(file)}, str(file), exc
+                continue
+            yield {"file": str(file)}, str(file), data
+
+
+def _kafka_sources(url: str, settings: Mapping[str, str], args: argparse.Namespace) -> Iterator[Sourced]:
+    """The batch topic's records, from the start ``args`` ask for, until the end ``args`` ask for.
+
+    No consumer group is joined and nothing is committed: decoding changes
+    nothing on the cluster. With ``--window``, each partition starts at the
+    first record whose time is one longest window before TIME: a batch's
+    record time is its window's start (docs/batch_format.md, "Kafka
+    mapping"), so no batch of that window lies before it.
+
+    Raises:
+        BridgeError: the address is not valid, or the topic cannot be read.
+    """
+    import uuid
+
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+
+    from bridge.errors import BridgeError
+    from bridge.transports import KafkaUpstream, parse_upstream
+    from core.timewindow import MAX_WINDOW_MS
+
+    target = parse_upstream(url, settings)
+    if not isinstance(target, KafkaUpstream):
+        raise BridgeError(f"{url!r} is not a kafka:// address")
+    consumer = Consumer({
+        **target.settings,
+        "bootstrap.servers": target.bootstrap,
+        "group.id": f"tidegate-decode-{uuid.uuid4().hex[:12]}",  # required by librdkafka; never joined (assign)
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "logger": logging.getLogger("tidegate.decode.kafka"),
+    })
+    try:
         try:
-            batch = decode_batch(path.read_bytes())
-        except (OSError, BatchFormatError) as exc:
-            print(f"tidegate decode: {path}: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        h = batch.header
-        if args.headers:
-            print(json.dumps({
-                "file": str(path), "gateway": h.gateway, "stream": h.stream, "window_start_ms": h.window.start_ms,
-                "window_length_ms": h.window.length_ms, "first_offset": h.first_offset, "last_offset": h.last_offset,
-                "count": h.count, "bytes": path.stat().st_size,
-            }))
-            continue
+            metadata = consumer.list_topics(target.topic, timeout=args.timeout)
+        except KafkaException as exc:
+            raise BridgeError(f"cannot reach Kafka at {target.bootstrap}: {exc}") from exc
+        topic = metadata.topics.get(target.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise BridgeError(f"topic {target.topic!r} does not exist on {target.bootstrap}")
+        partitions = sorted(topic.partitions)
+        if args.window is not None:
+            wanted = [TopicPartition(target.topic, p, max(args.window - MAX_WINDOW_MS, 0)) for p in partitions]
+            starts = consumer.offsets_for_times(wanted, timeout=args.timeout)
+            assignment = [TopicPartition(target.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+                          for tp in starts]
+        else:
+            start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
+            assignment = [TopicPartition(target.topic, p, start) for p in partitions]
+        consumer.assign(assignment)
+        stop_at_end = args.no_follow or args.window is not None
+        at_end: set[int] = set()
+        while not (stop_at_end and len(at_end) == len(partitions)):
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(message.partition())
+                    continue
+                if error.fatal():
+                    raise BridgeError(f"cannot read {target.topic!r}: {error}")
+                print(f"tidegate decode: {target.topic}: {error}", file=sys.stderr)
+                continue
+            at_end.discard(message.partition())
+            origin = {"topic": message.topic(), "partition": message.partition(), "offset": message.offset()}
+            yield origin, f"{message.topic()}[{message.partition()}]@{message.offset()}", message.value() or b""
+    finally:
+        consumer.close()
+
+
+def _print_batch(batch: Any, origin: Origin, size: int, headers: bool) -> None:
+    h = batch.header
+    if headers:
+        print(json.dumps({
+            **origin, "gateway": h.gateway, "stream": h.stream, "window_start_ms": h.window.start_ms,
+            "window_length_ms": h.window.length_ms, "first_offset": h.first_offset, "last_offset": h.last_offset,
+            "count": h.count, "bytes": size,
+        }))
+    else:
         for entry in batch.entries:
             r = entry.reading
             print(json.dumps({
                 "id": f"{h.gateway}/{h.stream}/{entry.offset}", "device": r.device, "metric": r.metric,
                 "ts_ms": r.ts_ms, "value": r.value, "received_ms": r.received_ms, "time_source": r.time_source,
             }))
+    sys.stdout.flush()  # one batch at a time, so a pipe (| head, | jq) sees a followed topic as it comes
+
+
+def _decode_sources(args: argparse.Namespace) -> Iterator[Sourced] | str:
+    """The sources the arguments name, or what is wrong with the arguments."""
+    from tidegate.config import load_config
+
+    kafka = [s for s in args.paths if s.startswith("kafka://")]
+    if kafka and len(args.paths) > 1:
+        return "a kafka:// topic must be the only source"
+    if args.paths.count("-") > 1:
+        return "stdin (-) can be read once"
+    if args.max is not None and args.max < 1:
+        return f"--max {args.max}: must be at least 1"
+    if not kafka:
+        misplaced = [flag for flag, given in (("--from-beginning", args.from_beginning), ("--window", args.window is not None),
+                                              ("--no-follow", args.no_follow), ("--config", args.config is not None)) if given]
+        return f"{', '.join(misplaced)}: only for a kafka:// source" if misplaced else _file_sources(args.paths)
+    if args.from_beginning and args.window is not None:
+        return "--from-beginning and --window: give one (--window finds its own start)"
+    settings: Mapping[str, str] = {}
+    if args.config is not None:
+        config = load_config(args.config)
+        settings = config.upstream_settings if config.upstream.startswith("kafka://") else {}
+    return _kafka_sources(kafka[0], settings, args)
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from core.batch import decode_batch
+    from core.errors import BatchFormatError
+
+    sources = _decode_sources(args)
+    if isinstance(sources, str):
+        print(f"tidegate decode: {sources}", file=sys.stderr)
+        return 2
+    failures = shown = 0
+    try:
+        for origin, label, data in sources:
+            if isinstance(data, Exception):
+                print(f"tidegate decode: {label}: {data}", file=sys.stderr)
+                failures += 1
+                continue
+            try:
+                batch = decode_batch(data)
+            except BatchFormatError as exc:
+                print(f"tidegate decode: {label}: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            if args.window is not None and not batch.header.window.contains(args.window):
+                continue
+            _print_batch(batch, origin, len(data), args.headers)
+            shown += 1
+            if args.max is not None and shown >= args.max:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sources.close()  # the Kafka consumer, at once
     return 1 if failures else 0
 
 

@@ -14,11 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from bridge.transports import KafkaTransport
+from core.batch import Entry, decode_header, encode_batch
 from core.deadletter import DEAD_LETTER_STREAM, DeadLetter, encode_dead_letter
 from core.log import LogConfig
 from core.reading import Reading, encode_reading
+from core.timewindow import window_of
 from edge.logstore import open_log
 from edge.mosquitto import Mosquitto, free_port
+from tests.fixtures.kafka import NewKafkaTopic
+from tests.kafka.broker import KafkaBroker
 from tidegate.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -278,6 +283,105 @@ def test_replay_to_a_bad_upstream_is_refused(config_file: Path, tmp_path: Path) 
     done = tidegate("replay", "--config", str(config_file), "--stream", "sensors", "--from", str(T0),
                     "--upstream", "ftp://x", cwd=tmp_path, check_rc=2)
     assert "upstream 'ftp://x': must be spool:DIR, kafka://HOST:PORT" in done.stderr and "mqtt(s)://" in done.stderr
+
+
+def window_batches(windows: int, per_window: int, per_batch: int, gateway: str = "gw-dec") -> list[bytes]:
+    """Batches of ``reading(i)`` (offset i), ``per_window`` readings in each of ``windows`` one-minute windows."""
+    out = []
+    for w in range(windows):
+        window = window_of(T0 + w * WINDOW_MS, WINDOW_MS)
+        for start in range(w * per_window, (w + 1) * per_window, per_batch):
+            entries = [Entry(i, reading(i)) for i in range(start, min(start + per_batch, (w + 1) * per_window))]
+            out.append(encode_batch(gateway, "sensors", window, entries))
+    return out
+
+
+def test_decode_reads_concatenated_batches_from_stdin(tmp_path: Path) -> None:
+    batches = window_batches(2, 60, 25)  # 6 batches of 25, 25, 10 per window
+    damaged = bytearray(batches[1])
+    damaged[-1] ^= 0xFF  # its CRC fails; its lengths still frame the stream
+    stream = b"".join([batches[0], bytes(damaged), *batches[2:]])
+    done = subprocess.run([sys.executable, "-m", "tidegate", "decode", "-"], input=stream, cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["id"] for r in rows] == [f"gw-dec/sensors/{i}" for i in range(120) if not 25 <= i < 50]
+    assert rows[0] == {"id": "gw-dec/sensors/0", "device": "dev-0", "metric": "temp_c", "ts_ms": T0,
+                       "value": reading(0).value, "received_ms": T0 + 5, "time_source": 0}
+    assert b"tidegate decode: stdin: batch CRC-32C does not match" in done.stderr
+
+    headers = subprocess.run([sys.executable, "-m", "tidegate", "decode", "--headers", "-"], input=b"".join(batches[:2]) + batches[2][:30],
+                             cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, timeout=60,
+                             check=False)
+    assert headers.returncode == 1
+    assert [json.loads(line)["first_offset"] for line in headers.stdout.splitlines()] == [0, 25]
+    assert json.loads(headers.stdout.splitlines()[0])["file"] == "-"
+    assert f"input ends inside the batch header at byte {len(batches[0]) + len(batches[1])}".encode() in headers.stderr
+
+
+def _send(bootstrap: str, topic: str, batches: list[bytes]) -> None:
+    transport = KafkaTransport(bootstrap, topic)
+    try:
+        for data in batches:
+            transport.send(data, decode_header(data))
+    finally:
+        transport.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_decode_reads_a_kafka_topic_from_the_beginning_or_one_window(kafka_broker: KafkaBroker,
+                                                                    new_kafka_topic: NewKafkaTopic, tmp_path: Path) -> None:
+    topic = new_kafka_topic(partitions=2)
+    batches = window_batches(2, 60, 25) + window_batches(2, 60, 30, gateway="gw-other")
+    _send(kafka_broker.bootstrap, topic, batches)
+    url = f"kafka://{kafka_broker.bootstrap}/{topic}"
+
+    rows = [json.loads(line) for line in tidegate("decode", url, "--from-beginning", "--no-follow", cwd=tmp_path).stdout.splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(f"{g}/sensors/{i}" for g in ("gw-dec", "gw-other") for i in range(120))
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["gw-dec/sensors/7"] == {"id": "gw-dec/sensors/7", "device": "dev-1", "metric": "rh_pct", "ts_ms": T0 + 7000,
+                                         "value": reading(7).value, "received_ms": T0 + 7005, "time_source": 0}
+    # One gateway's stream is one key, so one partition, in offset order.
+    assert [r["id"] for r in rows if r["id"].startswith("gw-dec/")] == [f"gw-dec/sensors/{i}" for i in range(120)]
+
+    second = T0 + WINDOW_MS + 30_000
+    headers = [json.loads(line) for line in tidegate("decode", url, "--window", str(second), "--headers", cwd=tmp_path).stdout.splitlines()]
+    assert sorted((h["gateway"], h["first_offset"], h["last_offset"]) for h in headers) == [
+        ("gw-dec", 60, 84), ("gw-dec", 85, 109), ("gw-dec", 110, 119), ("gw-other", 60, 89), ("gw-other", 90, 119)]
+    assert {(h["topic"], h["window_start_ms"]) for h in headers} == {(topic, T0 + WINDOW_MS)}
+    assert all({"partition", "offset", "bytes"} <= set(h) for h in headers)
+
+    first_two = tidegate("decode", url, "--from-beginning", "--max", "2", "--headers", cwd=tmp_path).stdout.splitlines()
+    assert len(first_two) == 2
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_decode_follows_a_kafka_topic_from_its_end(kafka_broker: KafkaBroker, kafka_topic: str, tmp_path: Path) -> None:
+    old, new = window_batches(1, 20, 10)
+    _send(kafka_broker.bootstrap, kafka_topic, [old])
+    process = subprocess.Popen([sys.executable, "-m", "tidegate", "decode", f"kafka://{kafka_broker.bootstrap}/{kafka_topic}",
+                                "--headers", "--max", "1"], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # It starts at the end: keep sending until it has seen one (the first may go before it is assigned).
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
+            _send(kafka_broker.bootstrap, kafka_topic, [new])
+            time.sleep(0.5)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    (line,) = out.splitlines()
+    assert json.loads(line)["first_offset"] == 10  # the new batch, never the old one
+
+
+def test_decode_of_a_kafka_topic_that_is_not_there_says_so(tmp_path: Path) -> None:
+    done = tidegate("decode", f"kafka://127.0.0.1:{free_port()}/t", "--timeout", "1", cwd=tmp_path, check_rc=1)
+    assert "cannot reach Kafka at 127.0.0.1:" in done.stderr and "Traceback" not in done.stderr
 
 
 # --------------------------------------------------------------------------- fsck

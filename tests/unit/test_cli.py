@@ -1,18 +1,23 @@
-"""The command line's pure parts: times, flags over the config file, the read-only log view."""
+"""The command line's pure parts: times, flags over the config file, the read-only log view, stdin batch framing."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from core.errors import BatchFormatError
 from core.log import LogConfig
 from core.reading import Reading, encode_reading
 from edge.logstore import open_log
-from tidegate.cli import _glue_relative_times, build_parser, open_log_read_only, parse_time, run_config_from_args
+from tidegate.cli import (
+    _glue_relative_times, build_parser, main, open_log_read_only, parse_time, run_config_from_args, split_batches,
+)
 from tidegate.config import ConfigError
 
 
@@ -89,3 +94,79 @@ def test_every_subcommand_has_examples_in_its_help() -> None:
         if name in ("central", "firmware"):
             continue  # central prints bridge.central's parser with examples; firmware has subcommands
         assert sub.epilog and "examples:" in sub.epilog and f"tidegate {name}" in sub.epilog, name
+
+
+def _batches(n: int, per_batch: int = 3) -> list[bytes]:
+    from core.batch import Entry, encode_batch
+    from core.timewindow import window_of
+
+    window = window_of(1_800_000_000_000, 3_600_000)
+    out = []
+    for b in range(n):
+        entries = [Entry(b * per_batch + i, Reading(f"dev-{b}", "t", window.start_ms + b * 1000 + i, float(i), window.start_ms))
+                   for i in range(per_batch)]
+        out.append(encode_batch("gw", f"stream-{b}", window, entries))
+    return out
+
+
+def test_concatenated_batches_are_split_by_their_headers() -> None:
+    batches = _batches(4)
+    assert list(split_batches(io.BytesIO(b"".join(batches)))) == batches
+    assert list(split_batches(io.BytesIO(b""))) == []
+
+
+class Trickle(io.RawIOBase):
+    """A pipe that hands out a few bytes per read, as a slow producer on stdin does."""
+
+    def __init__(self, data: bytes, step: int = 7) -> None:
+        self.data, self.step = data, step
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        chunk, self.data = self.data[: min(n, self.step)], self.data[min(n, self.step):]
+        return chunk
+
+
+def test_short_reads_from_a_pipe_still_give_whole_batches() -> None:
+    batches = _batches(3)
+    assert list(split_batches(Trickle(b"".join(batches)))) == batches
+
+
+@pytest.mark.parametrize("after, reason, says", [
+    (lambda batch: batch[:2], "truncated", "input ends inside the batch header at byte"),
+    (lambda batch: batch[:20], "truncated", "input ends inside the batch header at byte"),
+    (lambda batch: batch[:49], "truncated", "input ends inside the batch at byte"),
+    (lambda batch: batch[:-1], "truncated", "input ends inside the batch at byte"),
+    (lambda batch: b"garbage after the batch, not a header at all", "bad_magic", "no batch starts at byte"),
+])
+def test_a_stream_that_breaks_off_is_an_error_after_the_whole_batches(after: Callable[[bytes], bytes], reason: str,
+                                                                      says: str) -> None:
+    first, second = _batches(2)
+    split = split_batches(io.BytesIO(first + after(second)))
+    assert next(split) == first
+    with pytest.raises(BatchFormatError, match=f"{says} {len(first)}") as info:
+        next(split)
+    assert info.value.reason == reason
+
+
+def test_an_absurd_body_length_is_refused_before_reading_it() -> None:
+    (batch,) = _batches(1)
+    damaged = batch[:44] + (2**32 - 1).to_bytes(4, "big") + batch[48:]
+    with pytest.raises(BatchFormatError, match="claims a 4294967295-byte body"):
+        next(split_batches(io.BytesIO(damaged)))
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["decode", "kafka://k:9092/t", "spool/"], "a kafka:// topic must be the only source"),
+    (["decode", "-", "-"], "stdin (-) can be read once"),
+    (["decode", "spool/", "--from-beginning"], "--from-beginning: only for a kafka:// source"),
+    (["decode", "spool/", "--window", "now", "--no-follow"], "--window, --no-follow: only for a kafka:// source"),
+    (["decode", "kafka://k:9092/t", "--from-beginning", "--window", "now"], "give one"),
+    (["decode", "spool/", "--max", "0"], "--max 0: must be at least 1"),
+])
+def test_decode_refuses_arguments_that_do_not_go_together(argv: list[str], problem: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert problem in capsys.readouterr().err
