@@ -169,7 +169,7 @@ class Forwarder:
         on_sent: Callable[[str, int, int], None] = lambda stream, readings, size: None,
         priorities: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        max_batches: int = 64,
+        max_batches: int = 256,
     ) -> None:
         self.source = source
         self.transport = transport
