@@ -18,17 +18,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from bridge.central import AppliedRanges
-from core.batch import decode_header
 from edge.mosquitto import Mosquitto
 from tests.faults.harness import (
+    BatchWatcher,
     Central,
     Publisher,
     Tally,
@@ -39,85 +35,13 @@ from tests.faults.harness import (
     tail,
     wait_for_session,
 )
-from tests.faults.proxy import FaultProxy, free_port
+from tests.faults.proxy import FaultProxy
 from tests.fixtures.kafka import NewKafkaTopic
 from tests.kafka.broker import KafkaBroker
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.kafka, pytest.mark.slow]
 
 RATE_HZ = 300  # messages per second; half carry two readings
-
-
-class UplinkBroker(KafkaBroker):
-    """A broker with a second listener, ``UPLINK``, advertised at the proxy's port."""
-
-    def __init__(self, workdir: Path, uplink_port: int, proxy_port: int) -> None:
-        super().__init__(workdir)
-        self.uplink_port = uplink_port
-        self.proxy_port = proxy_port
-
-    def _server_properties(self) -> dict[str, str]:
-        properties = super()._server_properties()
-        properties["listeners"] += f",UPLINK://127.0.0.1:{self.uplink_port}"
-        properties["advertised.listeners"] += f",UPLINK://127.0.0.1:{self.proxy_port}"
-        properties["listener.security.protocol.map"] += ",UPLINK:PLAINTEXT"
-        return properties
-
-
-@pytest.fixture
-def uplink(tmp_path: Path) -> Iterator[tuple[KafkaBroker, FaultProxy]]:
-    uplink_port = free_port()
-    with FaultProxy(uplink_port) as proxy, UplinkBroker(tmp_path / "kafka", uplink_port, proxy.port) as broker:
-        yield broker, proxy
-
-
-@dataclass
-class BatchWatcher:
-    """Reads the batch topic directly (not through the proxy) and notes when offsets arrive."""
-
-    bootstrap: str
-    topic: str
-    ranges: dict[str, AppliedRanges] = field(default_factory=dict)
-    history: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, contiguous offsets on Kafka)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "watcher", "enable.auto.commit": False,
-                             "fetch.wait.max.ms": 20})
-        partitions = len(consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions)
-        consumer.assign([TopicPartition(self.topic, p, 0) for p in range(partitions)])
-        while not self._stop.is_set():
-            for message in consumer.consume(100, 0.1):
-                if message.error() is not None:
-                    if message.error().code() != KafkaError._PARTITION_EOF:
-                        raise RuntimeError(message.error())
-                    continue
-                header = decode_header(message.value())
-                with self._lock:
-                    self.ranges.setdefault(header.stream, AppliedRanges()).add(header.first_offset, header.last_offset)
-                self.history.append((time.monotonic(), self.contiguous()))
-        consumer.close()
-
-    def contiguous(self, stream: str = "sensors") -> int:
-        """Offsets 0..n-1 of ``stream`` are all on the batch topic: returns n."""
-        with self._lock:
-            ranges = self.ranges.get(stream)
-            if ranges is None or not ranges.ranges or ranges.ranges[0][0] != 0:
-                return 0
-            return ranges.ranges[0][1]
-
-    def reached(self, offsets: int) -> float | None:
-        """When offsets 0..offsets-1 were first all on the batch topic (monotonic time), or None."""
-        return next((t for t, n in self.history if n >= offsets), None)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def check_series_order(docs: list[dict[str, object]]) -> int:
