@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from core.log import UNSYNCED, LogConfig, LogIOError
+from core.log import UNSYNCED, Log, LogConfig, LogFailed, LogIOError
 from core.log import format as fmt
 from core.log._scan import FrameScanner
-from edge.logstore import DataDirLocked, OsFileSystem, fsck_data_dir, open_log
+from edge.logstore import DataDirLocked, OsFileSystem, SharedLog, fsck_data_dir, open_log
+from tests.unit.log.realfs import FaultyFileSystem
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_704_067_200_000
@@ -121,6 +123,34 @@ def test_a_bit_flip_in_a_sealed_segment_is_reported_by_reading_and_by_tidegate_f
     assert f"skipped: {path} at {start}: {end - start} bytes, bad_crc (mid-file)" in lines, done.stdout
     assert "stream s: offsets 0..300, 290 records" in lines and lines[-1] == "needs repair"
     assert segment.read_bytes() == before  # fsck without --repair changes nothing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", ["write", "torn_write", "sync"])
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
+def test_after_the_sync_thread_fails_nothing_more_is_acknowledged_and_reopening_keeps_every_ack(
+        tmp_path, op, code) -> None:
+    real = OsFileSystem(tmp_path)
+    faulty = FaultyFileSystem(real)
+    config = LogConfig(sync_policy="interval", sync_interval_ms=2)
+    # One window and no trusted clock: every write and fsync is the sync thread's, of the active segment.
+    log = SharedLog(Log(faulty, config), real, None, lambda: UNSYNCED)
+    faulty.fail(op.removeprefix("torn_"), 6, code, torn=op.startswith("torn_"))
+    acked: dict[int, bytes] = {}
+    with pytest.raises(LogFailed):
+        for burst in range(10_000):  # as the intake does: append what arrived, wait for the sync, then ack
+            offsets = [log.append("s", T0 + burst, b"%d-%d" % (burst, i), UNSYNCED) for i in range(1 + burst % 5)]
+            assert log.wait_durable("s", offsets[-1], timeout=10)
+            acked.update((o, b"%d-%d" % (burst, i)) for i, o in enumerate(offsets))
+    assert acked and log.stats()["sync_thread_failed"]
+    with pytest.raises(LogFailed):
+        log.durable_offset("s")
+    log.close()
+    with open_log(tmp_path, config, background=False) as again:
+        got = {r.offset: r.payload for r in again.read("s", 0, max_records=10**6)}
+        if op == "torn_write":
+            assert again.recovery.bytes_truncated > 0
+    assert {o: got.get(o) for o in acked} == acked
 
 
 CHILD = r"""

@@ -23,7 +23,7 @@ def open_log(fs: MemFS, config: LogConfig | None = None, damage: list | None = N
     return Log(fs, config or LogConfig(), reporter=(damage.append if damage is not None else None), **kw)
 
 
-@pytest.fixture(params=["memfs", "os"])
+@pytest.fixture(params=["memfs", pytest.param("os", marks=pytest.mark.slow)])
 def disk(request, tmp_path):
     """The same scenario on a MemFS and on real files through edge.logstore (tests/unit/log/realfs.py)."""
     from tests.unit.log.realfs import MemDisk, OsDisk
@@ -37,3 +37,13 @@ def disk(request, tmp_path):
 def long_run(request) -> bool:
     """True under --long: run every case instead of a sample."""
     return bool(request.config.getoption("--long"))
+
+
+@pytest.fixture(params=["memfs", pytest.param("os", marks=pytest.mark.slow)])
+def faulty(request, tmp_path):
+    """Fresh fault-injecting file systems: MemFS, or the real OsFileSystem behind FaultyFileSystem."""
+    from tests.unit.log.realfs import FaultyDisks
+
+    disks = FaultyDisks(request.param, tmp_path)
+    yield disks
+    disks.close()

@@ -4,7 +4,8 @@
 through to the real files, except the ones planned with ``fail(op, nth, errno)``
 (the plan of :class:`~tests.unit.log.memfs.FaultInjection`, so the same test
 can drive MemFS or the real adapter), which raise instead; a torn write writes
-a prefix of its bytes to the real file first, as a full disk does.
+a prefix of its bytes to the real file first, as a full disk does, and a
+failed fsync of a handle drops what the handle wrote since its last good one.
 
 A *disk* is where a test puts a set of files and opens the log on them:
 :class:`MemDisk` on a MemFS, :class:`OsDisk` in a real directory through
@@ -14,19 +15,30 @@ A *disk* is where a test puts a set of files and opens the log on them:
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 from core.log import AppendFile, FileSystem, LogConfig
-from edge.logstore import SharedLog
+from edge.logstore import OsFileSystem, SharedLog
 from edge.logstore import open_log as open_real_log
 from tests.unit.log.conftest import open_log
 from tests.unit.log.memfs import FaultInjection, MemFS
 
 
 class _FaultyFile:
-    def __init__(self, fs: FaultyFileSystem, inner: AppendFile) -> None:
+    """An append handle whose failed fsync also loses what was written since the last good one.
+
+    That is the worst a kernel may do after a failed fsync (it can drop the
+    dirty pages and mark them clean), so a test sees any record that was
+    acknowledged without a good fsync behind it go missing.
+    """
+
+    def __init__(self, fs: FaultyFileSystem, path: str, inner: AppendFile, size: int) -> None:
         self._fs = fs
+        self._path = path
         self._inner = inner
+        self._size = size
+        self._synced = size
 
     def write(self, data: bytes) -> None:
         fault = self._fs._due("write")
@@ -34,15 +46,22 @@ class _FaultyFile:
             kept = fault.kept(data)
             if kept:
                 self._inner.write(kept)
+                self._size += len(kept)
             raise fault.error("write", self._fs.calls["write"])
         self._inner.write(data)
+        self._size += len(data)
 
     def flush(self) -> None:
         self._inner.flush()
 
     def sync(self) -> None:
-        self._fs._fault("sync")
+        fault = self._fs._due("sync")
+        if fault is not None:
+            self._fs.real.truncate(self._path, self._synced)
+            self._size = self._synced
+            raise fault.error("sync", self._fs.calls["sync"])
         self._inner.sync()
+        self._synced = self._size
 
     def close(self) -> None:
         self._inner.close()
@@ -57,7 +76,8 @@ class FaultyFileSystem(FaultInjection):
 
     def open_append(self, path: str) -> AppendFile:
         self._fault("open")
-        return _FaultyFile(self, self.real.open_append(path))
+        size = self.real.size(path) if self.real.exists(path) else 0
+        return _FaultyFile(self, path, self.real.open_append(path), size)
 
     def read(self, path: str, position: int, size: int) -> bytes:
         self._fault("read")
@@ -181,3 +201,37 @@ class OsDisk:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class FaultyDisks:
+    """Fresh fault-injecting file systems of one kind, for tests that fail the Nth call of something.
+
+    ``memfs``: a MemFS. ``os``: a FaultyFileSystem over OsFileSystem in a new
+    directory under ``base``, so the log under test runs on real files.
+    """
+
+    def __init__(self, kind: str, base: Path) -> None:
+        self.kind = kind
+        self.base = base
+        self._made: list[OsFileSystem] = []
+
+    def new(self) -> MemFS | FaultyFileSystem:
+        if self.kind == "memfs":
+            return MemFS()
+        root = self.base / f"fs{len(self._made)}"
+        root.mkdir(parents=True)
+        real = OsFileSystem(root)
+        self._made.append(real)
+        return FaultyFileSystem(real)
+
+    def after(self, fs: MemFS | FaultyFileSystem, rng: random.Random) -> list[FileSystem]:
+        """What a reopen may find: first the files as they are, then (MemFS only) as a power cut leaves them."""
+        if isinstance(fs, MemFS):
+            return [fs, fs.crash(rng)]
+        real = OsFileSystem(fs.real.root)
+        self._made.append(real)
+        return [real]
+
+    def close(self) -> None:
+        for real in self._made:
+            real.close()

@@ -75,7 +75,6 @@ def test_block_policy_refuses_appends_at_the_quota_and_writes_nothing(fs) -> Non
     log = open_log(fs, LogConfig(**QUOTA))
     with pytest.raises(LogFull) as info:
         for w in range(100):
-            fill(log, "s", 1, per_window=100, size=1000) if False else None
             for i in range(100):
                 log.append("s", T0 + w * MINUTE + i, b"x" * 1000, UNSYNCED)
     assert info.value.reason == "log_full"
@@ -149,7 +148,8 @@ def test_drop_oldest_stream_drops_its_own_oldest_windows(fs) -> None:
     assert log.read("s", 0)[0].offset == log.start_offset("s") > 0
 
 
-def test_a_crash_in_the_middle_of_a_drop_finishes_it_at_open_without_counting_twice(fs) -> None:
+def test_a_crash_in_the_middle_of_a_drop_finishes_it_at_open_without_counting_twice(faulty) -> None:
+    fs = faulty.new()
     config = LogConfig(**QUOTA, quota_policy="drop_oldest")
     log = open_log(fs, config)
     fs.fail("unlink", 2)
