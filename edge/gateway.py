@@ -153,6 +153,10 @@ class Gateway:
         self._rejections = RejectionLog(self.dead_letter_policy.log_interval_ms)
         # Messages folded into a pending flood summary: acknowledged once it is durable.
         self._held: list[tuple[Message, dict[str, int]]] = []
+        # Rejections counted in a plain dict and added to the metrics once per
+        # drain of the queue: a labelled metrics update per garbage message
+        # would cost a flood more than its decode attempt.
+        self._rejections_uncounted: dict[tuple[str, str], int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failed = threading.Event()
@@ -237,6 +241,7 @@ class Gateway:
             except queue.Empty:
                 if self._stop.is_set():
                     self._maybe_summarise(force=True)
+                    self._count_rejections()
                     self._drain_pending(final=True)
                     return
                 self._maybe_summarise()
@@ -289,12 +294,18 @@ class Gateway:
                 self.metrics.inc("tidegate_duplicates_total", result.duplicates, {"source": message.source})
                 needs = self._covering_pending(needs)
             if held:
-                self._held.append((message, needs))
+                self._hold(message, needs)
                 return
         elif not self._reject(result.letter, needs):
-            self._held.append((message, needs))
+            self._hold(message, needs)
             return
         self._pending.append((message, needs))
+
+    def _hold(self, message: Message, needs: dict[str, int]) -> None:
+        """Keep a message until the flood summary it is in is written (at once if that is due now)."""
+        self._held.append((message, needs))
+        if self.budget.summary_due(self._mono_ms()):
+            self._maybe_summarise()
 
     def _reject(self, letter: DeadLetter, needs: dict[str, int]) -> bool:
         """Count a rejected message and store its dead letter, or fold it into a flood summary.
@@ -304,18 +315,28 @@ class Gateway:
             counted); False if it waits in a flood summary, and so must its
             message's acknowledgement.
         """
-        self.metrics.inc("tidegate_rejected_total", labels={"reason": letter.reason})
+        uncounted = self._rejections_uncounted
+        key = ("tidegate_rejected_total", letter.reason)
+        uncounted[key] = uncounted.get(key, 0) + 1
         now = self._mono_ms()
         line = self._rejections.note(letter, now)
         if line is not None:
             log.info("%s", line)
         if not self.budget.admit(letter, now):
-            self.metrics.inc("tidegate_dead_letters_summarised_total", labels={"reason": letter.reason})
+            key = ("tidegate_dead_letters_summarised_total", letter.reason)
+            uncounted[key] = uncounted.get(key, 0) + 1
             return False
         offset = self._append_dead_letter(letter)
         if offset is not None:
             needs[DEAD_LETTER_STREAM] = offset
         return True
+
+    def _count_rejections(self) -> None:
+        """Add the rejections counted since the last call to the metrics (before their messages are acknowledged)."""
+        if self._rejections_uncounted:
+            uncounted, self._rejections_uncounted = self._rejections_uncounted, {}
+            for (name, reason), n in uncounted.items():
+                self.metrics.inc(name, n, {"reason": reason})
 
     def _append_dead_letter(self, letter: DeadLetter) -> int | None:
         """Append a dead letter; None if the log refuses it (counted, never waited for)."""
@@ -402,6 +423,7 @@ class Gateway:
             return offset
 
     def _release_durable(self) -> None:
+        self._count_rejections()  # the metrics count a rejected message before it is acknowledged
         if not self._pending:
             return
         self.log.maybe_sync(int(time.monotonic() * 1000))  # group commit runs on the monotonic clock: wall-clock steps must not stall it
