@@ -12,18 +12,34 @@ exponential backoff (the one reconnect loop); every connect checks
 ``session_present`` and counts a lost session, because a broker that lost our
 session may have dropped queued readings.
 
+That includes the first connect of a process. A missing session is normal
+only the very first time this gateway meets this broker; after that it means
+the broker lost what it queued while the gateway was down (a broker restarted
+without its persistence file, or a session that outlived its expiry). So once
+the broker has acknowledged our subscriptions, :class:`SessionMarker` notes it
+in a small file of the data directory, keyed by client id and broker address,
+and a later process whose first connect finds no session reports
+``session_lost`` as well.
+
 Mosquitto drops QoS 1 messages silently once a client's queue passes
 ``max_queued_messages``. It counts them in ``$SYS/broker/publish/messages/dropped``
 (checked on Mosquitto 2.0.11: the counter does include QoS 1 drops), so the
-intake subscribes to it and reports every rise through ``on_broker_dropped``.
+intake subscribes to it and reports its value through ``on_broker_dropped``
+and a warning: for the first value seen if it is not zero (drops that happened
+while tidegate was away, or before it started; the counter is the broker's,
+since its start, for all clients), and for every rise after that.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -33,9 +49,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.errors import BrokerUnavailable
 
-__all__ = ["MqttConfig", "Received", "MqttIntake", "BROKER_DROPPED_TOPIC"]
+__all__ = ["MqttConfig", "Received", "MqttIntake", "SessionMarker", "BROKER_DROPPED_TOPIC", "SESSION_MARKER_FILE"]
 
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+
+#: The session marker's file name in the data directory.
+SESSION_MARKER_FILE = "mqtt-sessions.json"
 
 log = logging.getLogger("tidegate.mqtt")
 
@@ -79,6 +98,64 @@ class Received:
     duplicate: bool
 
 
+class SessionMarker:
+    """Whether a broker has held this gateway's session before, remembered in a file.
+
+    The file is a JSON object ``{"<client id>@<host>:<port>": <first ms>}``,
+    written once per broker (atomically: a temporary file, fsync, rename), so
+    it costs the SD card nothing in normal running.
+
+    Args:
+        path: the file (``<data dir>/mqtt-sessions.json``); its directory is made if missing.
+        key: which session, ``client_id@host:port``.
+    """
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path = Path(path)
+        self.key = key
+        self._known = key in self._read()
+
+    def _read(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read the MQTT session marker %s (%s); a lost session on the first connect "
+                        "will not be noticed", self.path, exc)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def known(self) -> bool:
+        """True once the broker has held our session (in this process or an earlier one)."""
+        return self._known
+
+    def remember(self) -> None:
+        """Note that the broker holds our session now; does nothing if already noted."""
+        if self._known:
+            return
+        data = self._read()
+        data[self.key] = int(time.time() * 1000)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as out:
+                json.dump(data, out, indent=1, sort_keys=True)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("cannot write the MQTT session marker %s: %s", self.path, exc)
+            return
+        self._known = True
+
+
 class MqttIntake:
     """Subscribe and hand every message to ``on_message``; acknowledge on request.
 
@@ -87,9 +164,13 @@ class MqttIntake:
         on_message: called in paho's network thread for every message; it
             must not block for long (the gateway queues the message).
         on_event: called with a short event name ("connected",
-            "session_lost", "disconnected") for metrics and logs.
+            "subscribed", "session_lost", "disconnected", "refused") for
+            metrics and logs.
         on_broker_dropped: called with the broker's own count of dropped
             messages (since the broker started) whenever it changes.
+        state_dir: the data directory, where the session marker is kept
+            (:data:`SESSION_MARKER_FILE`); without one only reconnects within
+            this process are checked for a lost session.
     """
 
     def __init__(
@@ -98,6 +179,7 @@ class MqttIntake:
         on_message: Callable[[Received], None],
         on_event: Callable[[str], None] = lambda event: None,
         on_broker_dropped: Callable[[int], None] = lambda count: None,
+        state_dir: Path | None = None,
     ) -> None:
         self.config = config
         self._on_message = on_message
@@ -105,6 +187,11 @@ class MqttIntake:
         self._on_broker_dropped = on_broker_dropped
         self._broker_dropped: int | None = None
         self._connected_once = False
+        self._subscribe_mid: int | None = None
+        self.session_marker = (
+            SessionMarker(Path(state_dir) / SESSION_MARKER_FILE, f"{config.client_id}@{config.host}:{config.port}")
+            if state_dir is not None else None
+        )
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
@@ -124,6 +211,7 @@ class MqttIntake:
             )
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_subscribe = self._handle_subscribe
         client.on_message = self._handle_message
         client.message_callback_add(BROKER_DROPPED_TOPIC, self._handle_broker_dropped)
         self._client = client
@@ -161,16 +249,35 @@ class MqttIntake:
             log.warning("MQTT connect refused: %s", reason)
             self._on_event("refused")
             return
-        if self._connected_once and not flags.session_present:
-            log.warning("broker did not keep our session: readings queued while we were away may be lost")
+        had_session = self._connected_once or (self.session_marker is not None and self.session_marker.known)
+        if had_session and not flags.session_present:
+            log.warning("MQTT broker %s:%d did not keep our session (client id %s): readings it queued while we "
+                        "were away are lost (broker restarted without its persistence, or the session expired)",
+                        self.config.host, self.config.port, self.config.client_id)
             self._on_event("session_lost")
         self._connected_once = True
         # Subscribing again is harmless with a kept session and necessary without one.
-        client.subscribe(
+        _, self._subscribe_mid = client.subscribe(
             [(topic, SubscribeOptions(qos=1)) for topic in self.config.subscriptions]
             + [(BROKER_DROPPED_TOPIC, SubscribeOptions(qos=0))]
         )
         self._on_event("connected")
+
+    def _handle_subscribe(self, client: paho.Client, userdata: object, mid: int, reasons: list[paho.ReasonCode],
+                          properties: Properties | None) -> None:
+        if mid != self._subscribe_mid:
+            return
+        topics = [*self.config.subscriptions, BROKER_DROPPED_TOPIC]
+        refused = {topic: str(reason) for topic, reason in zip(topics, reasons) if reason.is_failure}
+        if BROKER_DROPPED_TOPIC in refused:
+            log.warning("MQTT broker refused %s (%s): its drops will not show in tidegate's metrics",
+                        BROKER_DROPPED_TOPIC, refused.pop(BROKER_DROPPED_TOPIC))
+        if refused:
+            log.warning("MQTT broker refused subscriptions %s: their readings will not arrive", refused)
+            return
+        if self.session_marker is not None:
+            self.session_marker.remember()
+        self._on_event("subscribed")
 
     def _handle_disconnect(self, client: paho.Client, userdata: object, flags: paho.DisconnectFlags,
                            reason: paho.ReasonCode, properties: Properties | None) -> None:
@@ -182,11 +289,19 @@ class MqttIntake:
         except ValueError:
             log.warning("unexpected payload on %s: %r", message.topic, message.payload[:40])
             return
-        if count != self._broker_dropped:
-            if self._broker_dropped is not None and count > self._broker_dropped:
-                log.error("Mosquitto dropped %d messages (max_queued_messages reached?)", count - self._broker_dropped)
-            self._broker_dropped = count
-            self._on_broker_dropped(count)
+        previous = self._broker_dropped
+        if count == previous:
+            return
+        if previous is None or count < previous:  # first value seen, or the broker restarted (its counter with it)
+            if count:
+                log.warning("Mosquitto has dropped %d messages since it started, before tidegate saw its counter "
+                            "(queued while tidegate was away? max_queued_messages reached? the count is for all "
+                            "clients)", count)
+        else:
+            log.warning("Mosquitto dropped %d messages (max_queued_messages reached? the count is for all clients)",
+                        count - previous)
+        self._broker_dropped = count
+        self._on_broker_dropped(count)
 
     def _handle_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         self._on_message(Received(message.topic, bytes(message.payload), message.mid, message.qos, bool(message.dup)))

@@ -550,6 +550,7 @@ class Service:
             on_message,
             on_event=self._on_mqtt_event,
             on_broker_dropped=lambda n: self.metrics.set("tidegate_broker_dropped", n),
+            state_dir=self.config.data_dir,  # the session marker: a lost session is seen on the first connect too
         )
         self.intake = intake
         try:

@@ -1,16 +1,18 @@
-"""MQTT intake against a real Mosquitto: persistent session, manual acks, drops seen."""
+"""MQTT intake against a real Mosquitto: persistent session, manual acks, lost sessions and drops seen."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edge.mosquitto import Mosquitto
-from edge.mqtt_intake import MqttConfig, MqttIntake, Received
+from edge.mqtt_intake import SESSION_MARKER_FILE, MqttConfig, MqttIntake, Received
 
 pytestmark = pytest.mark.mosquitto
 
@@ -58,12 +60,19 @@ def test_unacknowledged_messages_come_back_after_a_restart_of_the_gateway(mosqui
         intake.stop()
 
 
-def test_messages_queued_while_the_gateway_is_away_are_delivered(mosquitto: Mosquitto) -> None:
-    config = MqttConfig(port=mosquitto.port, client_id="gw-offline", subscriptions=("sensors/#",))
-    intake = MqttIntake(config, lambda m: None)
+def start_and_subscribe(config: MqttConfig, state_dir: Path | None, **kwargs: object) -> tuple[MqttIntake, list[str]]:
+    """An intake connected and subscribed (its SUBACK seen), with the events it reported."""
+    events: list[str] = []
+    intake = MqttIntake(config, kwargs.pop("on_message", lambda m: None), on_event=events.append,  # type: ignore[arg-type]
+                        state_dir=state_dir, **kwargs)  # type: ignore[arg-type]
     intake.start()
-    wait_for(lambda: intake._client.is_connected())
-    time.sleep(0.2)
+    wait_for(lambda: "subscribed" in events)
+    return intake, events
+
+
+def test_messages_queued_while_the_gateway_is_away_are_delivered(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    config = MqttConfig(port=mosquitto.port, client_id="gw-offline", subscriptions=("sensors/#",))
+    intake, _ = start_and_subscribe(config, tmp_path)
     intake.stop()
     publish(mosquitto.port, "sensors/n1", [f'{{"value": {i}}}' for i in range(300)])  # past Mosquitto's default 20 in flight
     got: list[Received] = []
@@ -75,33 +84,144 @@ def test_messages_queued_while_the_gateway_is_away_are_delivered(mosquitto: Mosq
             got.append(message)
         intake2.ack(message)
 
-    intake2 = MqttIntake(config, take, on_event=events.append)
+    # A new process: its first connect is checked against the session marker.
+    intake2 = MqttIntake(config, take, on_event=events.append, state_dir=tmp_path)
+    assert intake2.session_marker is not None and intake2.session_marker.known
     intake2.start()
     try:
         wait_for(lambda: len(got) == 300)
     finally:
         intake2.stop()
     assert [m.payload for m in got] == [f'{{"value": {i}}}'.encode() for i in range(300)]
+    assert "connected" in events and "session_lost" not in events
+
+
+def test_a_first_start_finds_no_session_and_reports_no_loss(mosquitto: Mosquitto, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    config = MqttConfig(port=mosquitto.port, client_id="gw-first", subscriptions=("sensors/#",))
+    assert not (tmp_path / SESSION_MARKER_FILE).exists()
+    intake, events = start_and_subscribe(config, tmp_path)
+    intake.stop()
+    assert "session_lost" not in events
+    assert not [r for r in caplog.records if "did not keep our session" in r.getMessage()]
+    assert (tmp_path / SESSION_MARKER_FILE).exists()  # from now on a missing session is a loss
+
+
+def test_a_broker_that_lost_our_session_while_the_gateway_was_down_is_reported_on_the_first_connect(
+    mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = MqttConfig(port=mosquitto.port, client_id="gw-lost", subscriptions=("sensors/#",))
+    intake, _ = start_and_subscribe(config, tmp_path / "data")
+    intake.stop()
+    # The broker restarts with a fresh persistence file while the gateway is down.
+    mosquitto.stop()
+    fresh = Mosquitto(tmp_path / "fresh-broker", port=mosquitto.port)
+    fresh.start()
+    try:
+        caplog.set_level(logging.WARNING, logger="tidegate.mqtt")
+        intake, events = start_and_subscribe(config, tmp_path / "data")
+        intake.stop()
+    finally:
+        fresh.stop()
+    assert events.index("session_lost") < events.index("connected")
+    assert [r for r in caplog.records if r.levelno == logging.WARNING and "did not keep our session" in r.getMessage()]
+
+
+def test_another_broker_address_is_a_first_start_not_a_loss(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    intake, _ = start_and_subscribe(MqttConfig(port=mosquitto.port, client_id="gw-move"), tmp_path)
+    intake.stop()
+    with Mosquitto(tmp_path / "other-broker") as other:
+        intake, events = start_and_subscribe(MqttConfig(port=other.port, client_id="gw-move"), tmp_path)
+        intake.stop()
     assert "session_lost" not in events
 
 
-def test_a_broker_queue_overflow_is_seen_and_reported(tmp_path: Path) -> None:
-    # A broker with Mosquitto's small default-like queue, to make it drop.
+def wait_for_broker_dropped(port: int, count: int) -> None:
+    """Wait until the broker's own $SYS drop counter says ``count``."""
+    def current() -> str:
+        return subprocess.run(
+            ["mosquitto_sub", "-p", str(port), "-t", "$SYS/broker/publish/messages/dropped", "-C", "1", "-W", "3"],
+            capture_output=True, text=True,
+        ).stdout.strip()
+    wait_for(lambda: current() == str(count))
+
+
+@pytest.fixture
+def small_queue_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker that queues at most 5 messages per client (Mosquitto's default is 1000) and updates $SYS every second."""
     with Mosquitto(tmp_path / "small", extra_config="max_queued_messages 5\nsys_interval 1\n") as broker:
-        config = MqttConfig(port=broker.port, client_id="gw-drops", subscriptions=("sensors/#",))
-        intake = MqttIntake(config, lambda m: None)
-        intake.start()
-        wait_for(lambda: intake._client.is_connected())
-        time.sleep(0.2)
+        yield broker
+
+
+def test_a_broker_queue_overflow_is_seen_and_reported(small_queue_broker: Mosquitto, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    broker = small_queue_broker
+    config = MqttConfig(port=broker.port, client_id="gw-drops", subscriptions=("sensors/#",))
+    intake, _ = start_and_subscribe(config, tmp_path)
+    intake.stop()
+    publish(broker.port, "sensors/n1", [f'{{"value": {i}}}' for i in range(20)])  # while the intake is away
+    wait_for_broker_dropped(broker.port, 15)
+    dropped: list[int] = []
+    got: list[Received] = []
+    caplog.set_level(logging.WARNING, logger="tidegate.mqtt")
+    intake = MqttIntake(config, lambda m: (got.append(m), intake.ack(m)), on_broker_dropped=dropped.append)
+    intake.start()
+    try:
+        wait_for(lambda: dropped and dropped[-1] >= 15, timeout=5)
+    finally:
         intake.stop()
-        publish(broker.port, "sensors/n1", [f'{{"value": {i}}}' for i in range(20)])
-        dropped: list[int] = []
-        got: list[Received] = []
-        intake = MqttIntake(config, lambda m: (got.append(m), intake.ack(m)), on_broker_dropped=dropped.append)
-        intake.start()
-        try:
-            wait_for(lambda: dropped and dropped[-1] >= 15, timeout=5)
-        finally:
-            intake.stop()
-        assert len(got) == 5
-        assert dropped[-1] == 15
+    assert len(got) == 5
+    assert dropped == [15]
+    # The drops happened while tidegate was away: the first value it sees is already 15, and says so.
+    assert [r for r in caplog.records
+            if r.levelno == logging.WARNING and "Mosquitto has dropped 15 messages since it started" in r.getMessage()]
+
+
+def test_a_drop_while_the_gateway_is_away_shows_in_the_service_metric_and_log(
+    small_queue_broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tidegate.app import RunConfig, Service
+
+    broker = small_queue_broker
+    mqtt = MqttConfig(port=broker.port, client_id="gw-service-drops", subscriptions=("sensors/#",))
+    intake, _ = start_and_subscribe(mqtt, tmp_path / "data")  # the gateway's session, as a first run leaves it
+    intake.stop()
+    publish(broker.port, "sensors/n1/temp_c", [f'{{"ts": {1_767_225_600_000 + i}, "value": {i}}}' for i in range(20)])
+    wait_for_broker_dropped(broker.port, 15)
+    caplog.set_level(logging.WARNING, logger="tidegate.mqtt")
+    service = Service(RunConfig(data_dir=tmp_path / "data", mqtt=mqtt))
+    service.start()
+    try:
+        wait_for(lambda: service.metrics.get("tidegate_broker_dropped") == 15, timeout=10)
+        wait_for(lambda: service.metrics.total("tidegate_readings_in_total") == 5)
+    finally:
+        service.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "tidegate.mqtt"]
+    assert any("Mosquitto has dropped 15 messages" in line for line in warnings), warnings
+    assert service.metrics.get("tidegate_mqtt_events_total", {"event": "session_lost"}) == 0
+
+
+def test_every_rise_of_the_drop_counter_is_a_warning(small_queue_broker: Mosquitto, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    broker = small_queue_broker
+    config = MqttConfig(port=broker.port, client_id="gw-rises", subscriptions=("sensors/#",))
+    # Another persistent client that never reads: its queue overflows while tidegate watches.
+    lazy = MqttConfig(port=broker.port, client_id="lazy-client", subscriptions=("sensors/#",))
+    intake, _ = start_and_subscribe(lazy, None)
+    intake.stop()
+    dropped: list[int] = []
+    caplog.set_level(logging.WARNING, logger="tidegate.mqtt")
+    intake = MqttIntake(config, lambda m: intake.ack(m), on_broker_dropped=dropped.append)
+    intake.start()
+    try:
+        wait_for(lambda: bool(dropped), timeout=5)
+        assert dropped == [0]  # the first value, 0: no warning
+        assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+        publish(broker.port, "sensors/n1", [f'{{"value": {i}}}' for i in range(10)])
+        wait_for(lambda: dropped[-1] == 5, timeout=5)
+        publish(broker.port, "sensors/n1", [f'{{"value": {i}}}' for i in range(3)])
+        wait_for(lambda: dropped[-1] == 8, timeout=5)
+    finally:
+        intake.stop()
+    rises = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "dropped" in r.getMessage()]
+    assert len(rises) == 2 and "dropped 5 messages" in rises[0] and "dropped 3 messages" in rises[1]
