@@ -51,12 +51,17 @@ class Mosquitto:
             the persistent sessions and queued messages.
         port: the listener port; a free one by default.
         extra_config: lines appended to the config.
+        config_text: a whole config to use instead of tidegate's template
+            (``@PORT@`` and ``@DIR@`` are filled in all the same); the tests
+            start the shipped production config this way.
     """
 
-    def __init__(self, state_dir: Path, port: int | None = None, extra_config: str = "") -> None:
+    def __init__(self, state_dir: Path, port: int | None = None, extra_config: str = "",
+                 config_text: str | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.port = port or free_port()
         self.extra_config = extra_config
+        self.config_text = config_text
         self.log_path = self.state_dir / "mosquitto.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -70,7 +75,10 @@ class Mosquitto:
             raise MosquittoError("mosquitto is not installed (Debian: apt-get install mosquitto)")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         conf = self.state_dir / "mosquitto.conf"
-        text = _TEMPLATE.read_text().replace("@PORT@", str(self.port)).replace("@DIR@", str(self.state_dir))
+        template = self.config_text if self.config_text is not None else _TEMPLATE.read_text()
+        text = template.replace("@PORT@", str(self.port)).replace("@DIR@", str(self.state_dir))
+        if not text.endswith("\n"):
+            text += "\n"
         if os.geteuid() == 0:
             # Started as root, Mosquitto drops to the "mosquitto" user, which
             # cannot write a state directory private to root: persistence would
