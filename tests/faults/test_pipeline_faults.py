@@ -11,7 +11,8 @@ ends with the equation of tests/faults/harness.py:
 with no reading in the readings topic twice. docs/reliability.md has the
 figures of a run and what each scenario does and does not show.
 
-Quick mode runs in CI; ``--long`` adds the ``long`` parameters (more cycles).
+Quick mode runs in CI; ``--long`` adds the ``long`` parameters (more cycles: 200 kills of the
+gateway and of the expander).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ pytestmark = [pytest.mark.mosquitto, pytest.mark.kafka, pytest.mark.slow]
 # -- 1. kill -9 of the gateway, and of the expander, with Kafka and the expander running --------------
 
 
-@modes(quick=4, long=30)
+@modes(quick=4, long=200, long_timeout_s=1800)
 @pytest.mark.parametrize("victim", ["gateway", "expander"])
 def test_kill_9_cycles_along_the_pipeline_lose_and_duplicate_nothing(
     victim: str, mode: str, cycles: int, mosquitto: Mosquitto, central: Central, tmp_path: Path,
