@@ -149,10 +149,6 @@ def parse_payload(payload: bytes, fmt: str = "auto") -> tuple[str, object]:
     raise errors[0]
 
 
-def _pick(obj: Mapping[object, object], long: str, short: str) -> object:
-    return obj[long] if long in obj else obj.get(short)
-
-
 def _name(value: object, fallback: str | None, what: str) -> str:
     if value is None:
         if fallback is None:
@@ -213,19 +209,35 @@ def _time(obj: Mapping[object, object]) -> tuple[int, int, int | None]:
 
 
 def _sample_from_object(obj: object, source: SourceFields) -> Sample:
-    if not isinstance(obj, dict):
+    # The intake's per-object path, so the common keys are looked up here
+    # directly; each helper runs only when its keys are present or a value is
+    # not of the plain type. The checks and their order are those of the helpers.
+    if obj.__class__ is not dict and not isinstance(obj, dict):
         raise InvalidReading(f"a reading must be a map, got {type(obj).__name__}", reason="bad_shape")
-    device = _name(_pick(obj, "device", "d"), source.device, "device")
-    kind, time_ms, sent_up = _time(obj)
-    boot = _boot(obj)
-    seq = _int_field(obj, "seq", "s", "bad_seq", 2**64)
+    device = obj["device"] if "device" in obj else obj.get("d")
+    if device.__class__ is not str:
+        device = _name(device, source.device, "device")
+    if "ts" in obj:
+        time_ms = obj["ts"]
+        if time_ms.__class__ is not int and (isinstance(time_ms, bool) or not isinstance(time_ms, int)):
+            raise InvalidReading(f"ts must be integer milliseconds, got {time_ms!r}", reason="bad_time", field="ts")
+        kind, sent_up = TIME_KIND_EPOCH, None
+    else:
+        kind, time_ms, sent_up = _time(obj)
+    boot = _boot(obj) if "boot" in obj or "b" in obj else None
+    seq = _int_field(obj, "seq", "s", "bad_seq", 2**64) if "seq" in obj or "s" in obj else None
     if "values" in obj:
         values = obj["values"]
         if not isinstance(values, dict) or not values:
             raise InvalidReading("values must be a non-empty map of metric to value", reason="bad_shape", field="values")
-        pairs = [(_name(metric, None, "metric"), value) for metric, value in values.items()]
+        pairs = [
+            (metric if metric.__class__ is str else _name(metric, None, "metric"), value) for metric, value in values.items()
+        ]
     elif "value" in obj or "v" in obj:
-        pairs = [(_name(_pick(obj, "metric", "m"), source.metric, "metric"), _pick(obj, "value", "v"))]
+        metric = obj["metric"] if "metric" in obj else obj.get("m")
+        if metric.__class__ is not str:
+            metric = _name(metric, source.metric, "metric")
+        pairs = [(metric, obj["value"] if "value" in obj else obj.get("v"))]
     else:
         raise InvalidReading("reading has no value (expected 'value', 'v' or 'values')", reason="missing_value", field="value")
     return Sample(device, pairs, kind, time_ms, boot, seq, sent_up)

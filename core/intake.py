@@ -31,7 +31,7 @@ from core.deadletter import DeadLetter
 from core.dedup import DUPLICATE, ContentDedup, Dedup
 from core.devicetime import ClockChange, DeviceClock
 from core.errors import InvalidReading, PayloadError
-from core.reading import TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Provenance, Reading
+from core.reading import TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Provenance, Reading, readings_of
 from core.sample import TIME_KIND_EPOCH, TIME_KIND_RELATIVE, TIME_KIND_UPTIME, Sample
 from core.topics import Route, route_topic
 
@@ -247,6 +247,5 @@ class Intake:
             # The log refuses times before 1970 (docs/log_format.md); refusing here
             # makes it a dead letter instead of an append error in the writer.
             raise InvalidReading(f"device time {ts} ms is before 1970", reason="bad_time", field="ts")
-        device = sample.device
-        return [Reading(device, metric, ts, value, received_ms, source) for metric, value in sample.values]  # type: ignore[arg-type]
+        return readings_of(sample.device, sample.values, ts, received_ms, source)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import msgpack
 
-__all__ = ["MsgpackError", "packb", "unpackb"]
+__all__ = ["MsgpackError", "packb", "packer", "unpackb"]
 
 
 class MsgpackError(ValueError):
@@ -23,6 +23,15 @@ class MsgpackError(ValueError):
 def packb(value: object) -> bytes:
     """Encode a value (str as msgpack str, bytes as bin, floats as float 64)."""
     return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def packer() -> msgpack.Packer:
+    """A packer whose ``pack`` writes what :func:`packb` writes, for many values in a row.
+
+    Cheaper than :func:`packb` per value (which makes a packer each call).
+    Not thread-safe: one owner, for as long as it packs.
+    """
+    return msgpack.Packer(use_bin_type=True)
 
 
 def unpackb(data: bytes) -> object:

@@ -17,6 +17,7 @@ the log after a crash.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -33,7 +34,9 @@ __all__ = [
     "TIME_GATEWAY",
     "MAX_NAME_BYTES",
     "MAX_STRING_VALUE_BYTES",
+    "readings_of",
     "encode_reading",
+    "encode_records",
     "decode_reading",
     "decode_record",
 ]
@@ -51,6 +54,11 @@ MAX_STRING_VALUE_BYTES = 4096
 # Signed 64-bit milliseconds, what Kafka timestamps and msgpack ints carry.
 _MIN_TS = -(2**63)
 _MAX_TS = 2**63 - 1
+# A UTF-8 character is at most 4 bytes (a lone surrogate, allowed by
+# "surrogatepass", is 3), so a string of at most this many characters is
+# within its byte limit without being encoded.
+_SAFE_NAME_CHARS = MAX_NAME_BYTES // 4
+_SAFE_STRING_CHARS = MAX_STRING_VALUE_BYTES // 4
 
 
 def _check_name(what: str, name: object) -> None:
@@ -80,30 +88,111 @@ class Reading:
     time_source: int = TIME_DEVICE
 
     def __post_init__(self) -> None:
-        _check_name("device", self.device)
-        _check_name("metric", self.metric)
-        for name in ("ts_ms", "received_ms"):
-            ts = getattr(self, name)
-            if isinstance(ts, bool) or not isinstance(ts, int) or not _MIN_TS <= ts <= _MAX_TS:
-                raise InvalidReading(f"{name} must be a 64-bit integer of milliseconds, got {ts!r}", reason="bad_time", field=name)
-        value = self.value
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                raise InvalidReading(f"value must be finite, got {value!r}", reason="bad_value", field="value")
-        elif isinstance(value, int):  # bool is an int too, and allowed
-            if not isinstance(value, bool) and not -(2**63) <= value < 2**64:
-                raise InvalidReading(f"integer value {value} does not fit 64 bits", reason="bad_value", field="value")
-        elif isinstance(value, str):
-            if len(value.encode("utf-8", "surrogatepass")) > MAX_STRING_VALUE_BYTES:
-                raise InvalidReading(
-                    f"string value longer than {MAX_STRING_VALUE_BYTES} bytes", reason="bad_value", field="value"
-                )
-        else:
+        # The common case in a few cheap tests; anything they do not pass
+        # (a long or non-ASCII name, a big integer, a subclass...) goes to the
+        # full checks, which raise the documented error or accept it.
+        if not _plainly_valid(self.device, self.metric, self.ts_ms, self.value, self.received_ms, self.time_source):
+            _check_fields(self)
+
+
+def _plainly_valid(device: object, metric: object, ts_ms: object, value: object, received_ms: object,
+                   time_source: object) -> bool:
+    """True if these fields are certainly valid; False means "check them fully", not "invalid"."""
+    if (
+        device.__class__ is not str or not 0 < len(device) <= _SAFE_NAME_CHARS  # type: ignore[arg-type]
+        or metric.__class__ is not str or not 0 < len(metric) <= _SAFE_NAME_CHARS  # type: ignore[arg-type]
+        or ts_ms.__class__ is not int or not _MIN_TS <= ts_ms <= _MAX_TS  # type: ignore[operator]
+        or received_ms.__class__ is not int or not _MIN_TS <= received_ms <= _MAX_TS  # type: ignore[operator]
+        or time_source.__class__ is not int or not 0 <= time_source <= 2  # type: ignore[operator]
+    ):
+        return False
+    kind = value.__class__
+    if kind is float:
+        return value - value == 0.0  # type: ignore[operator, no-any-return]  # False for inf and nan
+    if kind is int:
+        return -(2**63) <= value < 2**64  # type: ignore[operator, no-any-return]
+    if kind is str:
+        return len(value) <= _SAFE_STRING_CHARS  # type: ignore[arg-type]
+    return kind is bool
+
+
+def _check_fields(reading: Reading) -> None:
+    """Every rule on a reading's fields, in the documented order; raises InvalidReading naming the field."""
+    _check_name("device", reading.device)
+    _check_name("metric", reading.metric)
+    for name in ("ts_ms", "received_ms"):
+        ts = getattr(reading, name)
+        if isinstance(ts, bool) or not isinstance(ts, int) or not _MIN_TS <= ts <= _MAX_TS:
+            raise InvalidReading(f"{name} must be a 64-bit integer of milliseconds, got {ts!r}", reason="bad_time", field=name)
+    value = reading.value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidReading(f"value must be finite, got {value!r}", reason="bad_value", field="value")
+    elif isinstance(value, int):  # bool is an int too, and allowed
+        if not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+            raise InvalidReading(f"integer value {value} does not fit 64 bits", reason="bad_value", field="value")
+    elif isinstance(value, str):
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_STRING_VALUE_BYTES:
             raise InvalidReading(
-                f"value must be a number, bool or string, got {type(value).__name__}", reason="bad_value", field="value"
+                f"string value longer than {MAX_STRING_VALUE_BYTES} bytes", reason="bad_value", field="value"
             )
-        if self.time_source not in _TIME_SOURCES:
-            raise InvalidReading(f"unknown time_source {self.time_source!r}", reason="bad_time", field="time_source")
+    else:
+        raise InvalidReading(
+            f"value must be a number, bool or string, got {type(value).__name__}", reason="bad_value", field="value"
+        )
+    if reading.time_source not in _TIME_SOURCES:
+        raise InvalidReading(f"unknown time_source {reading.time_source!r}", reason="bad_time", field="time_source")
+
+
+# Building a Reading without __init__ and __post_init__: the fields are set
+# through the slots' own descriptors (object.__setattr__ would look each name
+# up). Only readings_of does this, after its own checks.
+_new_object = object.__new__
+_set_device = Reading.__dict__["device"].__set__
+_set_metric = Reading.__dict__["metric"].__set__
+_set_ts_ms = Reading.__dict__["ts_ms"].__set__
+_set_value = Reading.__dict__["value"].__set__
+_set_received_ms = Reading.__dict__["received_ms"].__set__
+_set_time_source = Reading.__dict__["time_source"].__set__
+
+
+def readings_of(
+    device: str, pairs: Iterable[tuple[str, object]], ts_ms: int, received_ms: int, time_source: int = TIME_DEVICE
+) -> list[Reading]:
+    """The readings of one device at one time, one per ``(metric, value)`` pair.
+
+    The same as ``[Reading(device, metric, ts_ms, value, received_ms,
+    time_source) for metric, value in pairs]``, and it raises the same error
+    for the first bad pair, but the fields the readings share are checked once
+    and a plainly valid pair skips the dataclass machinery: this is the
+    intake's per-reading path.
+
+    Raises:
+        InvalidReading: a field is of the wrong type or out of range; ``field`` names it.
+    """
+    if not _plainly_valid(device, "m", ts_ms, 0, received_ms, time_source):
+        return [Reading(device, metric, ts_ms, value, received_ms, time_source) for metric, value in pairs]  # type: ignore[arg-type]
+    out: list[Reading] = []
+    append = out.append
+    for metric, value in pairs:
+        kind = value.__class__
+        if metric.__class__ is str and 0 < len(metric) <= _SAFE_NAME_CHARS and (
+            value - value == 0.0 if kind is float  # type: ignore[operator]  # False for inf and nan
+            else -(2**63) <= value < 2**64 if kind is int  # type: ignore[operator]
+            else kind is bool or (kind is str and len(value) <= _SAFE_STRING_CHARS)  # type: ignore[arg-type]
+        ):
+            reading = _new_object(Reading)
+            _set_device(reading, device)
+            _set_metric(reading, metric)
+            _set_ts_ms(reading, ts_ms)
+            _set_value(reading, value)
+            _set_received_ms(reading, received_ms)
+            _set_time_source(reading, time_source)
+            append(reading)
+        else:
+            # Not plainly valid: the full checks accept it or raise the documented error.
+            append(Reading(device, metric, ts_ms, value, received_ms, time_source))  # type: ignore[arg-type]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +219,29 @@ def encode_reading(reading: Reading, provenance: Provenance | None = None) -> by
     if provenance is not None:
         fields += [provenance.boot, provenance.seq, provenance.fingerprint]
     return msgpack_codec.packb(fields)
+
+
+def encode_records(
+    readings: Sequence[Reading], provenance: Sequence[Provenance | None] = ()
+) -> list[tuple[int, bytes]]:
+    """``(ts_ms, payload)`` of each reading, as ``Log.append_many`` takes them.
+
+    Each payload is byte for byte what :func:`encode_reading` writes; one
+    packer serves the whole list instead of one per reading.
+
+    Args:
+        readings: the readings, in order.
+        provenance: parallel to ``readings``, each one's provenance or None;
+            empty if no reading has any.
+    """
+    pack = msgpack_codec.packer().pack
+    if not provenance:
+        return [(r.ts_ms, pack((r.device, r.metric, r.ts_ms, r.value, r.received_ms, r.time_source))) for r in readings]
+    return [
+        (r.ts_ms, pack((r.device, r.metric, r.ts_ms, r.value, r.received_ms, r.time_source) if p is None else
+                       (r.device, r.metric, r.ts_ms, r.value, r.received_ms, r.time_source, p.boot, p.seq, p.fingerprint)))
+        for r, p in zip(readings, provenance, strict=True)
+    ]
 
 
 def decode_record(payload: bytes) -> tuple[Reading, Provenance | None]:

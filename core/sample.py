@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from core.reading import TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Reading
+from core.reading import TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Reading, readings_of
 
 __all__ = [
     "TIME_KIND_EPOCH",
@@ -99,6 +99,5 @@ def readings_from_samples(
             ts, source = base + sample.time_ms, TIME_MAPPED
         else:
             ts, source = base, TIME_GATEWAY
-        for metric, value in sample.values:
-            out.append(Reading(sample.device, metric, ts, value, received_ms, source))  # type: ignore[arg-type]
+        out += readings_of(sample.device, sample.values, ts, received_ms, source)
     return out
