@@ -5,6 +5,9 @@ The pure step between a transport (MQTT, serial) and the log (docs/ingest.md):
 1. a payload the transport already marked bad (:class:`DamagedPayload`)
    is a dead letter with the transport's reason;
 2. the topic (or serial port path) is routed to a stream, else ``no_route``;
+   a route with a device list (core/topics.py) takes the message only if
+   every device in it matches, so for such a route the payload is decoded
+   first and the next route whose topic matches is tried otherwise;
 3. the payload is decoded into samples (core/codecs.py, core/senml.py);
 4. each sample's time is put on the gateway's clock (core/devicetime.py) and
    its readings are built and validated; one bad value rejects the message;
@@ -33,7 +36,7 @@ from core.devicetime import ClockChange, DeviceClock
 from core.errors import InvalidReading, PayloadError
 from core.reading import TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Provenance, Reading, readings_of
 from core.sample import TIME_KIND_EPOCH, TIME_KIND_RELATIVE, TIME_KIND_UPTIME, Sample
-from core.topics import Route, route_topic
+from core.topics import Route, topic_candidates
 
 __all__ = ["Accepted", "Rejected", "Duplicate", "DamagedPayload", "Intake", "classify_message", "sample_fingerprint"]
 
@@ -107,14 +110,24 @@ class Duplicate:
 
 def _routed(
     routes: tuple[Route, ...], source: str, topic: str, payload: bytes, received_ms: int
-) -> Rejected | tuple[Route, SourceFields]:
+) -> Rejected | tuple[Route, SourceFields, list[Sample] | None]:
+    """The route of a message, with the topic's fields and, if a device list made it decode them, the samples."""
     if isinstance(payload, DamagedPayload):
         return Rejected(DeadLetter(source, topic, received_ms, payload.reason, payload.detail, bytes(payload)))
-    routed = route_topic(routes, topic)
-    if routed is None:
-        return Rejected(DeadLetter(source, topic, received_ms, "no_route", f"no route matches topic {topic!r}", payload))
-    route, captured = routed
-    return route, SourceFields(device=captured.get("device"), metric=captured.get("metric"))
+    devices: list[str] = []
+    for route, captured in topic_candidates(routes, topic):
+        fields = SourceFields(device=captured.get("device"), metric=captured.get("metric"))
+        if not route.devices:
+            return route, fields, None
+        try:
+            samples = decode_samples(payload, fields, route.payload_format)
+        except (PayloadError, InvalidReading) as exc:
+            return Rejected(DeadLetter(source, topic, received_ms, exc.reason, str(exc), payload))
+        if route.takes_devices(sample.device for sample in samples):
+            return route, fields, samples
+        devices = sorted({sample.device for sample in samples})
+    detail = f"no route matches topic {topic!r}" + (f" with devices {devices}" if devices else "")
+    return Rejected(DeadLetter(source, topic, received_ms, "no_route", detail, payload))
 
 
 def classify_message(
@@ -124,7 +137,7 @@ def classify_message(
     routed = _routed(routes, source, topic, payload, received_ms)
     if isinstance(routed, Rejected):
         return routed
-    route, fields = routed
+    route, fields, _ = routed
     try:
         readings = decode_payload(payload, fields, received_ms, route.payload_format)
     except (PayloadError, InvalidReading) as exc:
@@ -175,9 +188,9 @@ class Intake:
         routed = _routed(self.routes, source, topic, payload, received_ms)
         if isinstance(routed, Rejected):
             return routed
-        route, fields = routed
+        route, fields, decoded = routed
         try:
-            samples = decode_samples(payload, fields, route.payload_format)
+            samples = decoded if decoded is not None else decode_samples(payload, fields, route.payload_format)
         except (PayloadError, InvalidReading) as exc:
             return Rejected(DeadLetter(source, topic, received_ms, exc.reason, str(exc), payload))
         built: list[list[Reading]] = []
@@ -200,7 +213,7 @@ class Intake:
                 readings.extend(sample_readings)
                 provenance.extend([Provenance(sample.boot, sample.seq, fingerprint)] * len(sample_readings))
                 continue
-            fresh = [r for r in sample_readings if self._content_is_new(r)]
+            fresh = self.content.fresh(sample_readings) if self.content_dedup else sample_readings
             if not fresh:
                 duplicates += 1
                 continue
@@ -215,11 +228,6 @@ class Intake:
         if not any(provenance):
             provenance = []
         return Accepted(route.stream, tuple(readings), duplicates, unsynced, tuple(provenance))
-
-    def _content_is_new(self, reading: Reading) -> bool:
-        if not self.content_dedup or reading.time_source != TIME_DEVICE:
-            return True
-        return self.content.check(reading.device, reading.metric, reading.ts_ms, reading.value) != DUPLICATE
 
     def remember(self, reading: Reading, provenance: Provenance | None) -> None:
         """Mark a reading already in the log as seen (rebuilding the windows after a restart).

@@ -4,16 +4,24 @@ A template is an MQTT topic filter whose single-level wildcards may be named:
 ``sites/{site}/sensors/{device}/{metric}``. The subscription filter replaces
 each ``{name}`` by ``+``; matching a topic returns the named levels.
 ``+`` and a trailing ``#`` may also be used unnamed.
+
+A route may also name the devices it takes (``devices``, shell-style globs
+such as ``pump-*``), so a stream can be a group of devices as well as a group
+of topics. The devices are those of the decoded message, so the intake
+(core/intake.py) applies that part of the rule after decoding; here
+:func:`topic_candidates` gives the routes whose topic matches, in order.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from core.errors import LocalError
 
-__all__ = ["TopicTemplate", "Route", "route_topic"]
+__all__ = ["TopicTemplate", "Route", "route_topic", "topic_candidates"]
 
 _NAMED = re.compile(r"^\{([a-z_][a-z0-9_]*)\}$")
 
@@ -68,26 +76,49 @@ class Route:
 
     The template's ``{device}`` and ``{metric}`` levels, when present, supply
     the reading's device and metric when the payload leaves them out.
+
+    Attributes:
+        devices: shell-style globs (``*``, ``?``, ``[...]``, case-sensitive);
+            if given, the route takes a message only if every device in it
+            matches one of them. Empty (the default): any device.
     """
 
     template: TopicTemplate
     stream: str
     payload_format: str = "auto"
+    devices: tuple[str, ...] = ()
+    _device_match: Callable[[str], object] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         if not _STREAM.match(self.stream) or self.stream.startswith("_"):
             raise LocalError(
                 f"stream {self.stream!r} must be 1-64 of [A-Za-z0-9._-], not starting with '_' (reserved)"
             )
+        if isinstance(self.devices, str) or not all(isinstance(d, str) and d and "\0" not in d for d in self.devices):
+            raise LocalError(f"route devices {self.devices!r} must be a list of non-empty glob patterns")
+        object.__setattr__(self, "devices", tuple(self.devices))
+        # One compiled pattern for all the globs: matching stays one regex call per device.
+        object.__setattr__(self, "_device_match",
+                           re.compile("|".join(f"(?:{fnmatch.translate(d)})" for d in self.devices)).match
+                           if self.devices else None)
+
+    def takes_devices(self, devices: Iterable[str]) -> bool:
+        """Whether every one of ``devices`` is one this route takes (always, without a device list)."""
+        match = self._device_match
+        return match is None or all(match(device) for device in devices)
 
 
 _STREAM = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-def route_topic(routes: tuple[Route, ...], topic: str) -> tuple[Route, dict[str, str]] | None:
-    """The first route whose template matches ``topic``, with the captured levels."""
+def topic_candidates(routes: tuple[Route, ...], topic: str) -> Iterator[tuple[Route, dict[str, str]]]:
+    """The routes whose template matches ``topic``, in order, with the captured levels."""
     for route in routes:
         captured = route.template.match(topic)
         if captured is not None:
-            return route, captured
-    return None
+            yield route, captured
+
+
+def route_topic(routes: tuple[Route, ...], topic: str) -> tuple[Route, dict[str, str]] | None:
+    """The first route whose template matches ``topic``, with the captured levels (device lists not applied)."""
+    return next(topic_candidates(routes, topic), None)

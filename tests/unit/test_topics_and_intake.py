@@ -142,3 +142,55 @@ def test_damaged_payload_keeps_the_transport_reason_whatever_the_route() -> None
     for topic in ("json/d/m", "nowhere"):
         result = intake.classify("serial", topic, DamagedPayload(b"\x01\x02", "bad_crc", "CRC mismatch"), 5)
         assert isinstance(result, Rejected) and result.letter.reason == "bad_crc"
+
+
+# --------------------------------------------------------------------------- streams by device
+
+DEVICE_ROUTES = (
+    Route(TopicTemplate("site/{device}/{metric}"), "pumps", devices=("pump-*",)),
+    Route(TopicTemplate("site/#"), "valves", devices=("valve-?", "gate-[ab]")),
+    Route(TopicTemplate("site/#"), "other"),
+)
+
+
+@pytest.mark.parametrize(("topic", "payload", "stream"), [
+    ("site/pump-3/rpm", b'{"ts": 10, "value": 1400}', "pumps"),        # device from the topic
+    ("site/x/y", b'{"d": "pump-1", "m": "rpm", "ts": 10, "v": 1}', "pumps"),  # the payload's device wins
+    ("site/x/y", b'{"d": "valve-7", "m": "open", "ts": 10, "v": true}', "valves"),
+    ("site/x", b'{"d": "gate-b", "m": "open", "ts": 10, "v": false}', "valves"),
+    ("site/x/y", b'{"d": "gate-c", "m": "open", "ts": 10, "v": false}', "other"),
+    ("site/x/y", b'[{"d": "pump-1", "m": "rpm", "ts": 10, "v": 1}, {"d": "valve-1", "m": "open", "ts": 10, "v": 1}]',
+     "other"),  # a pack mixing groups matches neither device list
+])
+def test_a_route_with_a_device_list_takes_only_messages_all_of_whose_devices_match(
+    topic: str, payload: bytes, stream: str,
+) -> None:
+    for result in (classify_message(DEVICE_ROUTES, "mqtt", topic, payload, 11),
+                   Intake(DEVICE_ROUTES).classify("mqtt", topic, payload, 11)):
+        assert isinstance(result, Accepted) and result.stream == stream
+
+
+def test_a_device_no_route_takes_is_a_dead_letter_naming_the_devices() -> None:
+    routes = DEVICE_ROUTES[:2]
+    result = Intake(routes).classify("mqtt", "site/x/y", b'{"d": "fan-1", "m": "rpm", "ts": 1, "v": 2}', 11)
+    assert isinstance(result, Rejected) and result.letter.reason == "no_route"
+    assert "fan-1" in result.letter.message
+
+
+def test_a_payload_that_does_not_decode_for_a_device_route_is_a_dead_letter_with_its_reason() -> None:
+    result = Intake(DEVICE_ROUTES).classify("mqtt", "site/x/y", b"{not json", 11)
+    assert isinstance(result, Rejected) and result.letter.reason == "bad_json"
+
+
+@pytest.mark.parametrize("devices", [("",), ("a\0",), "pump-*"])
+def test_bad_device_lists_are_refused(devices: object) -> None:
+    with pytest.raises(LocalError):
+        Route(TopicTemplate("a"), "s", devices=devices)  # type: ignore[arg-type]
+
+
+def test_device_lists_come_from_the_config_file() -> None:
+    from tidegate.config import parse_config
+
+    config = parse_config('[[routes]]\ntemplate = "site/#"\nstream = "pumps"\ndevices = ["pump-*", "p?"]\n', env={})
+    (route,) = config.routes
+    assert route.devices == ("pump-*", "p?") and route.takes_devices(["pump-9", "p1"])
