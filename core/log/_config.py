@@ -69,7 +69,8 @@ class LogConfig:
         early_bound_ms: default 10 minutes.
         max_open_windows: windows per stream with an active segment (1 .. 64, default 4).
         retention_ms: forwarded windows are deleted once they ended this long ago (default 7 days).
-        quota_bytes: bound on segment + index bytes, or None (default) for no bound; at least 1 MiB.
+        quota_bytes: bound on segment + index bytes (each file counted in whole 4 KiB blocks, as the
+            disk allocates it), or None (default) for no bound; at least 1 MiB.
         quota_policy: default per-stream policy at the quota, ``"block"`` or ``"drop_oldest"``.
         quota_policies: per-stream overrides of ``quota_policy``.
         priorities: per-stream priority (default 0); lower-priority data is dropped first.

@@ -49,7 +49,7 @@ from core.log._errors import (
 )
 from core.log._fs import FileSystem
 from core.log._scan import Damage, FrameScanner, Reporter
-from core.log._segment import BATCH_OVERHEAD, Segment
+from core.log._segment import BATCH_OVERHEAD, Segment, on_disk
 
 __all__ = ["Log", "LogRecord", "RecoveryReport", "DeleteResult", "PENDING_WRITE_BYTES", "DEFAULT_MAX_READ_BYTES"]
 
@@ -115,7 +115,7 @@ class _Window:
         return sum(s.record_count + len(s.pend_ts) for s in self.segments)
 
     def bytes(self) -> int:
-        return sum(s.size + s.index_bytes for s in self.segments)
+        return sum(s.disk_bytes for s in self.segments)
 
 
 class _Stream:
@@ -335,7 +335,7 @@ class Log:
             trusted = Segment.load_sealed(fs, st.name, path, base, win.key, log_size)
         if trusted is not None and not self._verify:
             self.recovery.segments_trusted += 1
-            self._usage += trusted.size + trusted.index_bytes
+            self._usage += trusted.disk_bytes
             return trusted
         seg = Segment(st.name, path, base, win.key)
         self.recovery.segments_recovered += 1
@@ -352,12 +352,13 @@ class Log:
             return None
         if trusted is not None and not truncated and _same_index(trusted, seg):
             seg.index_bytes = trusted.index_bytes
+            self._usage += seg.index_bytes
         else:
             if trusted is not None:
                 self._report(Damage(path + fmt.INDEX_SUFFIX, 0, trusted.index_bytes, "stale_index", action="rebuilt"))
-            self._write_indexes(seg)
+            self._write_indexes(seg)  # counts the index files it writes in the usage
         seg.sealed = True
-        self._usage += seg.size + seg.index_bytes
+        self._usage += on_disk(seg.size)
         return seg
 
     # ------------------------------------------------------------------ guards
@@ -629,10 +630,10 @@ class Log:
         data = b"".join(frames)
         assert seg.handle is not None
         seg.handle.write(data)
+        self._usage += on_disk(position) - on_disk(seg.size)
         seg.size = position
         for pos, header in notes:
             seg.note_batch(pos, header)
-        self._usage += len(data)
         self._bytes_written += len(data)
         self._log_bytes_written += len(data)
         self._unsynced[id(seg)] = seg
@@ -762,7 +763,7 @@ class Log:
                 except OSError:
                     pass
             return
-        seg.index_bytes = len(index) + len(timeindex)
+        seg.index_bytes = on_disk(len(index)) + on_disk(len(timeindex))
         self._usage += seg.index_bytes
 
     def _seal_due(self, now_ms: int) -> int:
@@ -1174,7 +1175,7 @@ class Log:
                 for suffix in (fmt.LOG_SUFFIX, fmt.INDEX_SUFFIX, fmt.TIMEINDEX_SUFFIX):
                     if fs.exists(seg.path + suffix):
                         fs.unlink(seg.path + suffix)
-                self._usage -= seg.size + seg.index_bytes
+                self._usage -= seg.disk_bytes
             if fs.exists(win.path) and not fs.listdir(win.path):
                 fs.rmdir(win.path)
             st.windows.pop(win.key, None)
@@ -1199,7 +1200,8 @@ class Log:
         Keys: ``streams`` (per stream: offsets, bytes, segments, windows,
         records held, ``dropped_by_quota``, ``rejected`` by reason,
         ``forwarded_offset`` and ``backlog_records``: durable offsets not yet
-        forwarded, counting gaps), ``bytes_on_disk``,
+        forwarded, counting gaps), ``bytes_on_disk`` (segment and index files, in whole
+        blocks: what the quota counts),
         ``pending_bytes``, ``quota_bytes``, ``payload_bytes``,
         ``bytes_written``, ``write_amplification`` (bytes written per payload
         byte), ``log_write_amplification`` (segment bytes only), ``syncs``,
@@ -1216,7 +1218,7 @@ class Log:
                 "start_offset": start,
                 "end_offset": st.end,
                 "durable_offset": st.durable,
-                "bytes": sum(s.size + s.index_bytes for s in st.segments),
+                "bytes": sum(s.disk_bytes for s in st.segments),
                 "segments": len(st.segments),
                 "windows": len(st.windows),
                 "open_windows": len(st.open),

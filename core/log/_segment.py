@@ -18,10 +18,19 @@ from core.log import format as fmt
 from core.log._fs import AppendFile, FileSystem
 from core.log._scan import Damage, FrameScanner, Reporter
 
-__all__ = ["Segment", "BATCH_OVERHEAD"]
+__all__ = ["Segment", "BATCH_OVERHEAD", "BLOCK_BYTES", "on_disk"]
 
 #: Bytes a batch costs beyond its records: frame header and batch header.
 BATCH_OVERHEAD = fmt.FRAME_HEADER_SIZE + fmt.BATCH_HEADER_SIZE
+
+#: The unit a file system allocates files in (ext4, tmpfs pages, FAT on SD cards alike). The quota
+#: counts files in these, because a small file still takes a whole block and a log has many small ones.
+BLOCK_BYTES = 4096
+
+
+def on_disk(size: int) -> int:
+    """The bytes a file of ``size`` bytes takes on disk: whole blocks."""
+    return -(-size // BLOCK_BYTES) * BLOCK_BYTES
 
 
 class Segment:
@@ -30,6 +39,7 @@ class Segment:
     ``path`` is the file's path without suffix; the data is ``path + ".log"``.
     ``size`` counts bytes handed to the file, ``durable_size`` bytes known to be
     synced (always a frame boundary); reads stop at ``durable_size``.
+    ``index_bytes`` is what the index files take on disk, in whole blocks.
     """
 
     __slots__ = (
@@ -73,6 +83,11 @@ class Segment:
     @property
     def log_path(self) -> str:
         return self.path + fmt.LOG_SUFFIX
+
+    @property
+    def disk_bytes(self) -> int:
+        """What the segment's files take on disk (``index_bytes`` is in whole blocks already)."""
+        return on_disk(self.size) + self.index_bytes
 
     # --- indexes ----------------------------------------------------------------------
 
@@ -152,7 +167,7 @@ class Segment:
         seg.time_ts = array("q", [ts for ts, _ in times])
         seg.time_rel = array("I", [rel for _, rel in times])
         seg.size = seg.durable_size = log_size
-        seg.index_bytes = len(index) + tsize
+        seg.index_bytes = on_disk(len(index)) + on_disk(tsize)
         seg.first_offset = base + entries[0][0]
         seg.last_offset = header.last_offset
         seg.record_count = header.record_count

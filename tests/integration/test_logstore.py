@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from core.log import UNSYNCED, Log, LogConfig, LogFailed, LogIOError
+from core.log import UNSYNCED, Log, LogConfig, LogFailed, LogFull, LogIOError
 from core.log import format as fmt
 from core.log._scan import FrameScanner
 from edge.logstore import DataDirLocked, OsFileSystem, SharedLog, fsck_data_dir, open_log
@@ -256,10 +256,39 @@ def test_disk_full_on_a_small_tmpfs_fails_loudly_and_recovers_every_acknowledged
     (small_tmpfs / "quota").mkdir()
     for path in sorted((small_tmpfs / "data").rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
-    from core.log import LogFull
     quota = LogConfig(sync_policy="always", segment_bytes=64 * 1024, window_ms=60_000, quota_bytes=1024 * 1024)
     with open_log(small_tmpfs / "quota", quota) as log:
         with pytest.raises(LogFull):
             for i in range(100_000):
                 log.append("s", T0 + i * 10, b"q" * 200, UNSYNCED)
         assert log.durable_offset("s") == log.end_offset("s")
+
+
+def disk_usage(root: Path) -> int:
+    """What the file system allocated under ``root``, as du counts it: st_blocks of every file and directory."""
+    return sum(path.lstat().st_blocks * 512 for path in [root, *root.rglob("*")])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["block", "drop_oldest"])
+def test_real_disk_usage_stays_within_the_quota_plus_one_segment_on_a_tmpfs(small_tmpfs, policy) -> None:
+    segment, quota = 64 * 1024, 1024 * 1024
+    config = LogConfig(sync_policy="interval", segment_bytes=segment, window_ms=60_000, max_open_windows=2,
+                       quota_bytes=quota, quota_policy=policy)
+    root = small_tmpfs / "data"
+    worst = 0
+    with open_log(root, config, background=False) as log:
+        try:
+            for i in range(12_000):  # 200-byte readings, a new one-minute window every 600
+                log.append("s", T0 + i * 100, b"q" * 200, UNSYNCED)
+                if i % 50 == 49:
+                    log.sync()
+                    worst = max(worst, disk_usage(root))
+        except LogFull:
+            assert policy == "block"
+        else:
+            assert policy == "drop_oldest" and log.stats()["streams"]["s"]["dropped_by_quota"] > 0
+        assert log.durable_offset("s") == log.end_offset("s")
+        worst = max(worst, disk_usage(root))
+    worst = max(worst, disk_usage(root))  # closing seals the active segments: their index files
+    assert worst <= quota + segment, (worst, quota + segment)

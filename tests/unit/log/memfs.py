@@ -187,7 +187,8 @@ class MemFS(FaultInjection):
                 raise CrashNow(f"crash at {op} (operation {self.mutations})")
         return super()._due(op)
 
-    def used(self) -> int:
+    def used(self, block: int = 1) -> int:
+        """Bytes held by files; with ``block``, each file rounded up to whole blocks, as a disk allocates them."""
         total = 0
         seen: set[int] = set()
 
@@ -198,7 +199,7 @@ class MemFS(FaultInjection):
                     walk(child)
                 elif id(child) not in seen:
                     seen.add(id(child))
-                    total += len(child.data)
+                    total += -(-len(child.data) // block) * block
 
         walk(self.root)
         return total

@@ -10,6 +10,7 @@ from tests.unit.log.memfs import MemFS
 
 MINUTE = 60_000
 MIB = 1024 * 1024
+BLOCK = 4096  # what a disk allocates per file at least: the usage the quota bounds is counted in these
 
 
 def fill(log, stream: str, windows: int, per_window: int = 10, size: int = 100, now: int | None = None) -> None:
@@ -82,7 +83,7 @@ def test_block_policy_refuses_appends_at_the_quota_and_writes_nothing(fs) -> Non
     log.sync()
     assert log.durable_offset("s") == end
     assert log.stats()["log_full"] == 1 and log.stats()["streams"]["s"]["rejected"]["log_full"] == 1
-    assert fs.used() <= MIB + 64 * 1024
+    assert fs.used(BLOCK) <= MIB + 64 * 1024
 
 
 def test_forwarded_windows_make_room_first_and_are_not_counted_as_dropped(fs) -> None:
@@ -119,7 +120,7 @@ def test_drop_oldest_drops_whole_windows_of_lower_priority_first_and_counts_them
     dropped = log.stats()["streams"]["debug"]["dropped_by_quota"]
     assert dropped == 100 * (len(debug_windows) - len(left)) > 0
     assert log.stats()["streams"]["sensors"]["dropped_by_quota"] == 0
-    assert fs.used() <= MIB + 64 * 1024
+    assert fs.used(BLOCK) <= MIB + 64 * 1024
     log.close()
     log = open_log(fs, config)
     assert log.stats()["streams"]["debug"]["dropped_by_quota"] == dropped
@@ -142,7 +143,7 @@ def test_drop_oldest_stream_drops_its_own_oldest_windows(fs) -> None:
         for i in range(100):
             log.append("s", T0 + w * MINUTE + i, b"x" * 1000, UNSYNCED)
         log.sync()
-        assert fs.used() <= MIB + 64 * 1024
+        assert fs.used(BLOCK) <= MIB + 64 * 1024
     assert log.end_offset("s") == 3000
     assert log.stats()["streams"]["s"]["dropped_by_quota"] > 0
     assert log.read("s", 0)[0].offset == log.start_offset("s") > 0
@@ -173,5 +174,27 @@ def test_enforce_quota_after_lowering_it(fs) -> None:
     log.close()
     log = open_log(fs, LogConfig(**QUOTA, quota_policy="drop_oldest"))
     result = log.enforce_quota()
-    assert result.dropped_records > 0 and fs.used() <= MIB
+    assert result.dropped_records > 0 and fs.used(BLOCK) <= MIB
     assert log.enforce_quota().windows == 0
+
+
+def segment_and_index_blocks(fs: MemFS) -> int:
+    return sum(-(-len(data) // BLOCK) * BLOCK for path, data in fs.snapshot().items()
+               if path.startswith("streams/") and path.endswith((".log", ".index", ".timeindex")))
+
+
+def test_bytes_on_disk_counts_the_blocks_of_every_segment_and_index_file_once_recovered_or_not(fs) -> None:
+    log = open_log(fs, LogConfig(**QUOTA))
+    for i in range(3000):
+        log.append("s", T0 + i * 100, b"r" * (i % 300), UNSYNCED)
+        if i % 100 == 99:
+            log.sync()
+            assert log.stats()["bytes_on_disk"] == segment_and_index_blocks(fs)
+    log.sync()
+    recovered = open_log(fs, LogConfig(**QUOTA))  # as after a crash: the active segments are recovered
+    assert recovered.recovery.segments_recovered > 0
+    assert recovered.stats()["bytes_on_disk"] == segment_and_index_blocks(fs)
+    recovered.close()
+    trusted = open_log(fs, LogConfig(**QUOTA))
+    assert trusted.recovery.segments_recovered == 0
+    assert trusted.stats()["bytes_on_disk"] == segment_and_index_blocks(fs)
