@@ -29,6 +29,7 @@ class LogMachine(RuleBasedStateMachine):
         self.records: dict[str, dict[int, tuple[int, bytes]]] = {"a": {}, "b": {}}
         self.must: dict[str, int] = {"a": 0, "b": 0}  # records below this must be there (unless deleted)
         self.deleted: dict[str, set[int]] = {"a": set(), "b": set()}
+        self.forwarded: dict[str, int] = {"a": 0, "b": 0}  # the bridge cursors stored
         self.clock = 0
         self.rng = random.Random(0)
 
@@ -75,14 +76,14 @@ class LogMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(self.must.values()))
     @rule(stream=st.sampled_from(["a", "b"]), data=st.data())
     def retention(self, stream, data) -> None:
-        forwarded = data.draw(st.integers(0, self.must[stream]))
-        self.log.store_cursor("bridge", stream, forwarded)
-        before = {r.offset for r in self.read_all(stream)}
+        self.forwarded[stream] = data.draw(st.integers(0, self.must[stream]))
+        self.log.store_cursor("bridge", stream, self.forwarded[stream])
+        before = {name: {r.offset for r in self.read_all(name)} for name in self.records}
         self.log.enforce_retention(T0 + 100 * MINUTE)
-        after = {r.offset for r in self.read_all(stream)}
-        gone = before - after
-        assert all(offset < forwarded for offset in gone)  # only forwarded data goes
-        self.deleted[stream] |= gone
+        for name in self.records:  # retention goes over every stream, by its stored cursor
+            gone = before[name] - {r.offset for r in self.read_all(name)}
+            assert all(offset < self.forwarded[name] for offset in gone)  # only forwarded data goes
+            self.deleted[name] |= gone
 
     def read_all(self, stream: str) -> list:
         out, offset = [], 0
