@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.forwarder import Forwarder
-from bridge.transports import Transport, open_upstream
+from bridge.transports import Transport, open_upstream, redact_url
 from core.deadletter import DEAD_LETTER_STREAM, decode_dead_letter, with_dead_letter_quota
 from core.errors import CoreError
 from core.reading import decode_reading
@@ -167,8 +167,8 @@ class _Device:
 
 
 def _safe_upstream(url: str) -> str:
-    """The upstream address without its query (which may carry librdkafka secrets)."""
-    parts = urlsplit(url)
+    """The upstream address fit to show: no query (librdkafka settings), no password."""
+    parts = urlsplit(redact_url(url))
     return f"{parts.scheme}:{'//' + parts.netloc if parts.netloc else ''}{parts.path}"
 
 class Telemetry:
@@ -630,7 +630,19 @@ class Service:
     def _forward_loop(self) -> None:
         backoff = 0.05
         while not self._stop.is_set():
-            result = self.forwarder.forward_once(int(self.clock() * 1000))
+            try:
+                result = self.forwarder.forward_once(int(self.clock() * 1000))
+            except CoreError as exc:
+                # A cursor store or a read of the log failed. The cursor on
+                # disk is the old one (core/log: a failed store leaves it), so
+                # the batches go again under the same reading ids, which the
+                # central side drops. A log that failed for good stops the
+                # writer, and the process exits for systemd to restart it.
+                self.metrics.inc("tidegate_uplink_failures_total")
+                log.error("bridge pass failed, retrying in %.1f s: %s", backoff, exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
             if result.failed:
                 self.metrics.inc("tidegate_uplink_failures_total")
                 if self.upstream_ok:

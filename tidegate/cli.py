@@ -397,6 +397,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(describe(config), indent=2, default=str))
         return 0
     setup_logging(config.logging.level, config.logging.format)
+    from bridge.transports import redact_url
+
     service = Service(config)
     try:
         service.start()
@@ -405,7 +407,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise
     host, port = config.mqtt.host, config.mqtt.port
     print(
-        f"tidegate: gateway {config.gateway_id}, MQTT {host}:{port}, upstream {config.upstream}, data {config.data_dir}"
+        f"tidegate: gateway {config.gateway_id}, MQTT {host}:{port}, upstream {redact_url(config.upstream)}, "
+        f"data {config.data_dir}"
         + (f", status page http://{_display_host(config.http.host)}:{service.http_port}/" if config.http else "")
         + (f", {args.simulate} simulated sensors" if args.simulate else ""),
         file=sys.stderr, flush=True,
@@ -758,7 +761,7 @@ class _Progress:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from bridge.errors import BridgeError
-    from bridge.transports import open_upstream
+    from bridge.transports import open_upstream, redact_url
     from core.batch import Entry, decode_header, encode_batch
     from core.errors import CoreError
     from core.reading import decode_reading
@@ -819,7 +822,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         transport.close()
         log.close()
         fs.close()
-    print(f"replayed {readings:,} readings of {args.stream} in {batches:,} batches ({_human_bytes(size)}) to {upstream}",
+    print(f"replayed {readings:,} readings of {args.stream} in {batches:,} batches ({_human_bytes(size)}) "
+          f"to {redact_url(upstream)}",
           file=sys.stderr)
     return 0
 

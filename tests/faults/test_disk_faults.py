@@ -124,8 +124,6 @@ def test_torn_writes_and_io_errors_in_the_log_lose_and_duplicate_nothing(
     assert checked.returncode == 0, f"fsck after the recoveries: {checked.stdout[-1500:]} {checked.stderr[-500:]}"
 
 
-@pytest.mark.xfail(strict=True, reason="a failed cursor write ends the bridge thread; the process runs on, "
-                   "acknowledging readings it never forwards (tidegate/app.py _forward_loop)")
 def test_an_io_error_storing_the_bridge_cursor_does_not_stop_forwarding(
     mosquitto: Mosquitto, central: Central, tmp_path: Path, supervise: Supervise
 ) -> None:

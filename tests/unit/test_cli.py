@@ -170,3 +170,11 @@ def test_decode_refuses_arguments_that_do_not_go_together(argv: list[str], probl
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert problem in capsys.readouterr().err
+
+
+def test_the_upstream_shown_in_logs_and_status_carries_no_password_or_settings() -> None:
+    from tidegate.app import _safe_upstream
+
+    assert _safe_upstream("mqtts://site:s3cret@broker.example.net:8883/tg?ca_file=/ca.pem") == \
+        "mqtts://site:***@broker.example.net:8883/tg"
+    assert _safe_upstream("kafka://10.0.0.1:9092/batches?sasl.password=hunter2") == "kafka://10.0.0.1:9092/batches"
