@@ -108,6 +108,7 @@ exit status: 0 every batch decoded, 1 a batch or source could not be read (said 
 _EPILOG_FSCK = """\
 examples:
   tidegate fsck                                    check ./tidegate-data; change nothing
+  tidegate fsck /var/lib/tidegate                  check that data directory
   sudo systemctl stop tidegate && tidegate fsck --config /etc/tidegate/tidegate.toml --repair
 exit status: 0 clean, 1 damage found (or repaired), 2 cannot check (in use, missing).
 """
@@ -295,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "Check every segment, index, cursor and state file of a data directory. "
                 "Needs the gateway stopped (it takes the directory's lock).", _EPILOG_FSCK)
     _add_data_args(fsck)
+    fsck.add_argument("data_dir_arg", nargs="?", type=Path, default=None, metavar="DATA_DIR",
+                      help="the data directory (the same as --data-dir)")
     fsck.add_argument("--repair", action="store_true", help="make the repairs (truncate torn tails, rebuild indexes)")
 
     doctor = _sub(sub, "doctor", "check clock, disk, permissions, broker, Kafka and serial ports",
@@ -1075,6 +1078,11 @@ def _cmd_fsck(args: argparse.Namespace) -> int:
     from core.log import LogError
     from edge.logstore import DataDirLocked, fsck_data_dir
 
+    if args.data_dir_arg is not None:
+        if args.data_dir is not None and args.data_dir != args.data_dir_arg:
+            print("tidegate fsck: give the data directory once (DATA_DIR or --data-dir)", file=sys.stderr)
+            return 2
+        args.data_dir = args.data_dir_arg
     config = _data_config(args)
     log_dir = config.data_dir / "log"
     try:

@@ -396,7 +396,7 @@ def test_fsck_clean_then_damaged_then_repaired(data_dir: Path, tmp_path: Path) -
     assert done.stdout.splitlines()[-1] == "clean" and "stream sensors: offsets 0..120" in done.stdout
     with open(_segment(data_dir), "ab") as f:
         f.write(b"\x07" * 100)  # garbage after the last record, as a torn write leaves
-    done = tidegate("fsck", "--data-dir", str(data_dir), cwd=tmp_path, check_rc=1)
+    done = tidegate("fsck", str(data_dir), cwd=tmp_path, check_rc=1)  # DATA_DIR as an argument
     assert done.stdout.splitlines()[-1] == "needs repair"
     done = tidegate("fsck", "--data-dir", str(data_dir), "--repair", cwd=tmp_path, check_rc=1)
     assert done.stdout.splitlines()[-1] == "repaired"
