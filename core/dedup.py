@@ -48,6 +48,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from core.errors import LocalError
+from core.reading import TIME_DEVICE, Reading
 
 __all__ = ["Dedup", "ContentDedup", "NEW", "DUPLICATE", "STALE"]
 
@@ -174,6 +175,28 @@ class ContentDedup:
         if len(seen) > self.max_keys:
             seen.popitem(last=False)
         return NEW
+
+    def fresh(self, readings: list[Reading]) -> list[Reading]:
+        """The readings that are not duplicates, in order; each is judged as :meth:`check` judges it.
+
+        Only readings timed by the device's own clock are judged (and
+        remembered); the others are kept as they are. One call per sample of
+        a message, so the per-reading work stays in this loop.
+        """
+        seen = self._seen
+        out: list[Reading] = []
+        for reading in readings:
+            if reading.time_source == TIME_DEVICE:
+                value = reading.value
+                key = (reading.device, reading.metric, reading.ts_ms, value.__class__, value)
+                if key in seen:
+                    self.duplicates += 1
+                    continue
+                seen[key] = None
+                if len(seen) > self.max_keys:
+                    seen.popitem(last=False)
+            out.append(reading)
+        return out
 
     def __len__(self) -> int:
         return len(self._seen)
