@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from bridge.forwarder import Forwarder
+from bridge.forwarder import CURSOR_NAME, Forwarder
 from bridge.transports import Transport, open_upstream, redact_url
 from core.deadletter import DEAD_LETTER_STREAM, decode_dead_letter, with_dead_letter_quota
 from core.errors import CoreError
@@ -610,7 +610,7 @@ class Service:
         while not self._stop.wait(wait):
             wait = self.housekeeping_interval_s
             try:
-                retained = self.log.enforce_retention(self.gateway.log_now())
+                retained = self.log.enforce_retention(self.gateway.log_now(), self._retainable())
                 quota = self.log.enforce_quota()
             except Exception:  # a failed pass is retried; the log's own errors stop the writer
                 log.exception("retention or quota pass failed")
@@ -621,6 +621,17 @@ class Service:
                     self.metrics.inc("tidegate_log_deleted_bytes_total", result.bytes, {"by": kind})
                     log.info("%s deleted %d windows (%d bytes, %d readings never forwarded)",
                              kind, result.windows, result.bytes, result.dropped_records)
+
+    def _retainable(self) -> dict[str, int]:
+        """Per stream, the offset below which retention may delete: what the bridge has forwarded.
+
+        Dead letters are never forwarded (they stay on the gateway for
+        ``tidegate tail --dead-letters``), so they age out by retention alone;
+        without this their windows would be kept for ever and fill the disk.
+        """
+        done = {s: self.log.load_cursor(CURSOR_NAME, s) for s in self.log.streams() if s != DEAD_LETTER_STREAM}
+        done[DEAD_LETTER_STREAM] = self.log.end_offset(DEAD_LETTER_STREAM)
+        return done
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

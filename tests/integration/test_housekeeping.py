@@ -62,3 +62,32 @@ def test_forwarded_windows_past_retention_are_deleted_by_the_service(mosquitto: 
         assert service.metrics.get("tidegate_log_deleted_windows_total", {"by": "retention"}) == 3
     finally:
         service.stop()
+
+
+def test_dead_letters_age_out_by_retention_though_they_are_never_forwarded(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    started = time.monotonic()
+    ahead_s = [0.0]  # how far the gateway clock has been moved on
+    service = Service(
+        RunConfig(
+            data_dir=tmp_path / "gw",
+            mqtt=MqttConfig(port=mosquitto.port, client_id="gw-housekeeping-dl"),
+            log=LogConfig(retention_ms=2 * HOUR),
+        ),
+        clock=lambda: (NOW_MS + (time.monotonic() - started) * 1000) / 1000 + ahead_s[0],
+    )
+    service.housekeeping_interval_s = 0.3
+    service.start()
+    letters = tmp_path / "gw" / "log" / "streams" / "_deadletter"
+    try:
+        time.sleep(0.5)
+        subprocess.run(["mosquitto_pub", "-p", str(mosquitto.port), "-q", "1", "-t", "sensors/n1", "-m", "{not json"],
+                       check=True, timeout=30)
+        wait_for(lambda: service.metrics.total("tidegate_rejected_total") == 1)
+        time.sleep(1.0)  # housekeeping passes while the letter is young: it stays
+        assert any(p.is_dir() for p in letters.iterdir())
+        ahead_s[0] = 3 * HOUR / 1000  # three hours on: its window ended more than two hours ago
+        wait_for(lambda: not any(p.is_dir() for p in letters.iterdir()))
+        assert service.metrics.get("tidegate_log_deleted_windows_total", {"by": "retention"}) >= 1
+    finally:
+        service.stop()
