@@ -662,6 +662,12 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raw_extent(row: Mapping[str, Any]) -> str:
+    """"12 bytes", or "512 of 262144 bytes kept" when the log holds only the payload's start."""
+    kept = len(row["raw_hex"]) // 2
+    return f"{kept} bytes" if kept == row["raw_length"] else f"{kept} of {row['raw_length']} bytes kept"
+
+
 def _dead_letter_row(offset: int, payload: bytes) -> dict[str, Any] | None:
     from core.deadletter import decode_dead_letter
     from core.errors import CoreError
@@ -671,7 +677,8 @@ def _dead_letter_row(offset: int, payload: bytes) -> dict[str, Any] | None:
     except CoreError:
         return None
     return {"offset": offset, "received_ms": d.received_ms, "time": _iso(d.received_ms), "source": d.source,
-            "topic": d.topic, "reason": d.reason, "message": d.message, "raw_hex": d.raw.hex()}
+            "topic": d.topic, "reason": d.reason, "message": d.message, "raw_hex": d.raw.hex(),
+            "raw_length": d.original_length, "raw_sha256": d.sha256.hex(), **({"counts": dict(d.counts)} if d.counts else {})}
 
 
 def _tail_lines(config: RunConfig, streams: list[str], positions: dict[str, int], dead: bool, as_json: bool,
@@ -696,7 +703,7 @@ def _tail_lines(config: RunConfig, streams: list[str], positions: dict[str, int]
                             continue
                         yield json.dumps(row) if as_json else (
                             f"{row['time']} {row['reason']:<14} {row['source']}:{row['topic']}  {row['message']}\n"
-                            f"    raw ({len(row['raw_hex']) // 2} bytes): {row['raw_hex'][:160]}"
+                            f"    raw ({_raw_extent(row)}): {row['raw_hex'][:160]}"
                             + ("..." if len(row["raw_hex"]) > 160 else ""))
                     else:
                         row = _reading_row(config.gateway_id, stream, record.offset, record.payload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from bridge.transports import KafkaTransport
 from core.batch import Entry, decode_header, encode_batch
-from core.deadletter import DEAD_LETTER_STREAM, DeadLetter, encode_dead_letter
+from core.deadletter import DEAD_LETTER_STREAM, RAW_CAP_BYTES, DeadLetter, encode_dead_letter
 from core.log import LogConfig
 from core.reading import Reading, encode_reading
 from core.timewindow import window_of
@@ -210,6 +211,20 @@ def test_tail_dead_letters_show_reason_topic_and_raw_hex(data_dir: Path, tmp_pat
     rows = [json.loads(line) for line in tidegate("tail", "--data-dir", str(data_dir), "--dead-letters", "--no-follow",
                                                   "--json", cwd=tmp_path).stdout.splitlines()]
     assert [r["reason"] for r in rows] == ["bad_json", "bad_json"] and rows[0]["raw_hex"] == (b"{oops\x00").hex()
+
+
+def test_tail_dead_letters_say_how_much_of_a_capped_payload_was_kept(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    big = bytes(range(256)) * 40  # 10,240 bytes of garbage
+    with open_log(data_dir / "log", LogConfig(window_ms=WINDOW_MS, sync_policy="always")) as log:
+        letter = DeadLetter("mqtt", "sensors/huge", T0, "bad_json", "payload is not JSON", big)
+        log.append(DEAD_LETTER_STREAM, T0, encode_dead_letter(letter))
+    out = tidegate("tail", "--data-dir", str(data_dir), "--dead-letters", "--no-follow", cwd=tmp_path).stdout
+    assert f"raw ({RAW_CAP_BYTES} of 10240 bytes kept)" in out
+    row = json.loads(tidegate("tail", "--data-dir", str(data_dir), "--dead-letters", "--no-follow", "--json",
+                              cwd=tmp_path).stdout)
+    assert row["raw_length"] == 10240 and row["raw_sha256"] == hashlib.sha256(big).hexdigest()
+    assert bytes.fromhex(row["raw_hex"]) == big[:RAW_CAP_BYTES]
 
 
 @pytest.mark.slow
