@@ -70,6 +70,7 @@ __all__ = [
 FORMATS = ("auto", "json", "msgpack", "cbor", "senml", "senml-cbor")
 MAX_PACK = 10_000
 MAX_BOOT_BYTES = 64
+_new_object = object.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +241,17 @@ def _sample_from_object(obj: object, source: SourceFields) -> Sample:
         pairs = [(metric, obj["value"] if "value" in obj else obj.get("v"))]
     else:
         raise InvalidReading("reading has no value (expected 'value', 'v' or 'values')", reason="missing_value", field="value")
-    return Sample(device, pairs, kind, time_ms, boot, seq, sent_up)
+    # Filled in place rather than through the dataclass __init__ (a Python
+    # call per object); every field is set, as a test checks.
+    sample = _new_object(Sample)
+    sample.device = device
+    sample.values = pairs
+    sample.time_kind = kind
+    sample.time_ms = time_ms
+    sample.boot = boot
+    sample.seq = seq
+    sample.sent_up_ms = sent_up
+    return sample
 
 
 def samples_from_value(value: object, source: SourceFields) -> list[Sample]:

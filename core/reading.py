@@ -144,16 +144,20 @@ def _check_fields(reading: Reading) -> None:
         raise InvalidReading(f"unknown time_source {reading.time_source!r}", reason="bad_time", field="time_source")
 
 
-# Building a Reading without __init__ and __post_init__: the fields are set
-# through the slots' own descriptors (object.__setattr__ would look each name
-# up). Only readings_of does this, after its own checks.
+class _Unfrozen:
+    """Reading's slots, in Reading's order, without its frozen ``__setattr__``.
+
+    readings_of fills one with plain attribute stores and then makes it a
+    Reading by assigning ``__class__`` (Python allows that between classes
+    with the same slots), which costs less than the six
+    ``object.__setattr__`` calls of the frozen dataclass's ``__init__``. The
+    slots are Reading's own, so a field added to Reading is a slot here too.
+    """
+
+    __slots__ = Reading.__slots__
+
+
 _new_object = object.__new__
-_set_device = Reading.__dict__["device"].__set__
-_set_metric = Reading.__dict__["metric"].__set__
-_set_ts_ms = Reading.__dict__["ts_ms"].__set__
-_set_value = Reading.__dict__["value"].__set__
-_set_received_ms = Reading.__dict__["received_ms"].__set__
-_set_time_source = Reading.__dict__["time_source"].__set__
 
 
 def readings_of(
@@ -170,7 +174,13 @@ def readings_of(
     Raises:
         InvalidReading: a field is of the wrong type or out of range; ``field`` names it.
     """
-    if not _plainly_valid(device, "m", ts_ms, 0, received_ms, time_source):
+    # The tests of _plainly_valid for the shared fields, written out: this runs once a sample.
+    if (
+        device.__class__ is not str or not 0 < len(device) <= _SAFE_NAME_CHARS
+        or ts_ms.__class__ is not int or not _MIN_TS <= ts_ms <= _MAX_TS
+        or received_ms.__class__ is not int or not _MIN_TS <= received_ms <= _MAX_TS
+        or time_source.__class__ is not int or not 0 <= time_source <= 2
+    ):
         return [Reading(device, metric, ts_ms, value, received_ms, time_source) for metric, value in pairs]  # type: ignore[arg-type]
     out: list[Reading] = []
     append = out.append
@@ -181,14 +191,15 @@ def readings_of(
             else -(2**63) <= value < 2**64 if kind is int  # type: ignore[operator]
             else kind is bool or (kind is str and len(value) <= _SAFE_STRING_CHARS)  # type: ignore[arg-type]
         ):
-            reading = _new_object(Reading)
-            _set_device(reading, device)
-            _set_metric(reading, metric)
-            _set_ts_ms(reading, ts_ms)
-            _set_value(reading, value)
-            _set_received_ms(reading, received_ms)
-            _set_time_source(reading, time_source)
-            append(reading)
+            reading = _new_object(_Unfrozen)
+            reading.device = device
+            reading.metric = metric
+            reading.ts_ms = ts_ms
+            reading.value = value
+            reading.received_ms = received_ms
+            reading.time_source = time_source
+            reading.__class__ = Reading  # type: ignore[assignment]
+            append(reading)  # type: ignore[arg-type]
         else:
             # Not plainly valid: the full checks accept it or raise the documented error.
             append(Reading(device, metric, ts_ms, value, received_ms, time_source))  # type: ignore[arg-type]

@@ -46,7 +46,7 @@ from core.deadletter import (
 )
 from core.intake import Accepted, Duplicate, Intake
 from core.log import UNSYNCED, LogFull, RecordRejected, Unsynced
-from core.reading import Reading, decode_record, encode_reading
+from core.reading import Reading, decode_record, encode_records
 from core.topics import Route
 from edge.clocksync import ClockProbe
 from edge.metrics import Metrics
@@ -277,8 +277,7 @@ class Gateway:
             self._pending.append((message, self._covering_pending(needs)))
             return
         if isinstance(result, Accepted):
-            provenance = result.provenance or (None,) * len(result.readings)
-            records = [(r.ts_ms, encode_reading(r, o)) for r, o in zip(result.readings, provenance)]
+            records = encode_records(result.readings, result.provenance)
             held = False
             try:
                 needs[result.stream] = self._append_many(result.stream, records)

@@ -130,3 +130,22 @@ def test_bad_dedup_and_uptime_keys_are_rejected_naming_the_key(payload: bytes, r
     with pytest.raises(InvalidReading) as info:
         decode_payload(payload, TOPIC, received_ms=1)
     assert (info.value.reason, info.value.field) == (reason, field)
+
+
+@pytest.mark.parametrize("shape", [
+    {"ts": 1_700_000_000_000, "v": 1.5},
+    {"d": "n1", "b": "boot-a", "s": 3, "up": 5000, "su": 6000, "m": "rh", "value": 40},
+    {"device": "n1", "t": 1_700_000_000.5, "values": {"a": 1, "b": "x"}},
+    {"v": True},
+])
+def test_decoded_samples_have_every_field_the_constructor_sets(shape: dict[str, object]) -> None:
+    # The decoder fills samples in place instead of calling Sample(...): a
+    # field added to Sample must be set there too, or this comparison fails.
+    import dataclasses
+
+    from core.codecs import decode_samples
+    from core.sample import Sample
+
+    (sample,) = decode_samples(json.dumps(shape).encode(), TOPIC)
+    rebuilt = Sample(*(getattr(sample, f.name) for f in dataclasses.fields(Sample)))
+    assert sample == rebuilt
