@@ -43,6 +43,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -154,8 +155,16 @@ def gateway(mq: Mosquitto, data_dir: Path, upstream: str, policy: str, http_port
          "--gateway-id", "footprint", *(["--upstream", upstream] if upstream else [])],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
+    # Its log lines are read here, not written to a file: a file would count in
+    # its write_bytes (under systemd they go to journald), and a pipe nobody
+    # reads could fill and stall it.
+    tail = bytearray()
+    threading.Thread(target=_drain, args=(process, tail), daemon=True).start()
     try:
         yield process
+    except Exception:
+        print(f"the gateway's last log lines:\n{tail.decode(errors='replace')}", file=sys.stderr)
+        raise
     finally:
         process.terminate()
         try:
@@ -163,6 +172,14 @@ def gateway(mq: Mosquitto, data_dir: Path, upstream: str, policy: str, http_port
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _drain(process: subprocess.Popen[bytes], tail: bytearray) -> None:
+    if process.stderr is None:
+        return
+    for line in process.stderr:
+        tail.extend(line)
+        del tail[:-8192]
 
 
 def run_case(upstream_kind: str, policy: str, rate: float, readings: int, idle_s: float, work: Path,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import re
 import subprocess
 import sys
 import tempfile
@@ -191,6 +191,15 @@ def simulate(port: int, rate: float, seconds: float) -> subprocess.Popen[bytes]:
     )
 
 
+def published_readings(sim: subprocess.Popen[bytes]) -> int:
+    """Readings the simulator got acknowledged by the broker (two per sample), from its last line."""
+    _, err = sim.communicate()
+    match = re.search(rb"published (\d+) of \d+ samples", err or b"")
+    if match is None:
+        raise RuntimeError(f"the simulator said: {err.decode(errors='replace').strip()[-500:]}")
+    return 2 * int(match.group(1))
+
+
 def percentile(values: list[int], q: float) -> int:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -211,12 +220,13 @@ def run_rate(rate: float, seconds: float, mosquitto: Mosquitto, broker: KafkaBro
     broker.create_topic(f"{readings}.state", config={"cleanup.policy": "compact"})
     broker.create_topic(f"{batches}.deadletter", config=KEEP)
     http_port = free_port()
+    gateway_log = (work / f"gateway-{tag}.log").open("wb")  # a pipe nobody reads could fill and stall it
     expander = start_expander(broker, batches, readings, work, expander_poll_ms)
     gateway = subprocess.Popen(
         [sys.executable, "-m", "tidegate", "run", "--mqtt", f"127.0.0.1:{mosquitto.port}", "--quiet",
-         "--upstream", f"kafka://{broker.bootstrap}/{batches}", "--data-dir", str(work / f"gw-{int(rate)}"),
+         "--upstream", f"kafka://{broker.bootstrap}/{batches}", "--data-dir", str(work / f"gw-{tag}"),
          "--gateway-id", "bench", "--http", f"127.0.0.1:{http_port}", *(["--config", str(config)] if config else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=gateway_log,
     )
     try:
         wait_for_metric(http_port, "tidegate_mqtt_connected", 1, 60, gateway)
@@ -239,7 +249,7 @@ def run_rate(rate: float, seconds: float, mosquitto: Mosquitto, broker: KafkaBro
                     pass
                 last_scrape = time.monotonic()
             time.sleep(0.2)
-        expected = int(rate * seconds)
+        expected = published_readings(sim)
         deadline = time.monotonic() + 60
         while reader.count < expected * 0.999 and time.monotonic() < deadline:
             peak_rss = max(peak_rss, proc_stats(gateway.pid)[0])
@@ -253,6 +263,7 @@ def run_rate(rate: float, seconds: float, mosquitto: Mosquitto, broker: KafkaBro
         for process in (gateway, expander):
             process.terminate()
             process.wait(30)
+        gateway_log.close()
     got = reader.count
     expansion = [t - batch_reader.arrived_at[o] for o, t in reader.arrived_at.items() if o in batch_reader.arrived_at]
     batches_out = final.get("tidegate_batches_out_total", 0.0)
@@ -278,8 +289,7 @@ def run_bare(rate: float, seconds: float, mosquitto: Mosquitto, broker: KafkaBro
     reader = LatencyReader(broker.bootstrap, topic, "payloads")
     time.sleep(1.0)
     sim = simulate(mosquitto.port, rate, seconds)
-    sim.wait()
-    expected = int(rate * seconds)
+    expected = published_readings(sim)
     deadline = time.monotonic() + 60
     while reader.count < expected * 0.99 and time.monotonic() < deadline:
         producer.poll(0.1)
@@ -288,7 +298,8 @@ def run_bare(rate: float, seconds: float, mosquitto: Mosquitto, broker: KafkaBro
     reader.close()
     client.disconnect()
     client.loop_stop()
-    return {"p50": percentile(reader.latencies, 0.5), "p99": percentile(reader.latencies, 0.99), "arrived": reader.count}
+    return {"p50": percentile(reader.latencies, 0.5), "p99": percentile(reader.latencies, 0.99), "arrived": reader.count,
+            "published": expected}
 
 
 def main(argv: list[str] | None = None) -> int:
