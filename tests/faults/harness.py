@@ -7,9 +7,13 @@ processes being killed:
         == readings in the upstream (the central readings topic, read_committed,
            or a spool directory for the gateway-only test)
          + readings dropped by a quota (the log's durable ``dropped_by_quota`` count)
-         + readings kept as dead letters (only the clock scenario has any)
+         + readings kept as dead letters (only the clock scenario has any), each
+           named in its dead letter or, past the dead-letter budget, counted in
+           a flood summary
 
-with no reading upstream twice, under the same id or under two ids.
+with no reading upstream twice, under the same id or under two ids. The two
+counted terms (quota drops, flood summaries) are checked as counts: the
+readings missing upstream must be exactly as many (:class:`Tally`).
 
 A reading is named by its content, ``(device, metric, device time)``, which the
 publisher makes unique; so a reading the gateway wrote twice under two offsets
@@ -71,8 +75,8 @@ __all__ = [
     "wait_for_session",
     "upstream_readings",
     "read_committed",
+    "LogCounts",
     "log_counts",
-    "log_details",
     "tail",
 ]
 
@@ -403,41 +407,52 @@ def read_committed(bootstrap: str, topic: str, timeout: float = 60.0) -> list[di
     return out
 
 
-def log_counts(data_dir: Path) -> tuple[int, set[Key]]:
-    """Open the (stopped) gateway's log: readings dropped by quota (all streams), and those kept as dead letters."""
-    dropped, letters = log_details(data_dir)
-    return sum(dropped.values()), letters
+@dataclass(frozen=True)
+class LogCounts:
+    """What a stopped gateway's log says it kept back: quota drops and dead letters."""
+
+    dropped_by_stream: dict[str, int] = field(default_factory=dict)  # the durable dropped_by_quota count
+    letters: set[Key] = field(default_factory=set)  # readings refused one by one, named in their dead letter
+    summarised: int = 0  # readings refused in a flood, counted in a summary dead letter without their names
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_by_stream.values())
 
 
-def log_details(data_dir: Path) -> tuple[dict[str, int], set[Key]]:
-    """Open the (stopped) gateway's log: readings dropped by quota per stream, and those kept as dead letters.
+def log_counts(data_dir: Path) -> LogCounts:
+    """Open the (stopped) gateway's log and count what it dropped by quota and kept as dead letters.
 
-    Dead letters name the reading they refused in their message
-    (``reading DEVICE/METRIC at TS: ...``); whole messages refused name none and
-    are not readings of ours.
+    A dead letter of a refused reading names it in its message (``reading
+    DEVICE/METRIC at TS: ...``); past the dead-letter budget, letters are
+    folded into a flood summary that only counts them by reason (every letter
+    in these scenarios is one refused reading). Whole messages refused name no
+    reading and are not readings of ours.
     """
     from edge.logstore import open_log  # the gateway must be stopped: the log locks its directory
 
     log = open_log(data_dir / "log", background=False)
     try:
-        stats = log.stats()
-        streams = stats["streams"]
+        streams = log.stats()["streams"]
         assert isinstance(streams, dict)
         dropped = {name: int(st["dropped_by_quota"]) for name, st in streams.items()}
         letters: set[Key] = set()
+        summarised = 0
         if DEAD_LETTER_STREAM in log.streams():
             offset = log.start_offset(DEAD_LETTER_STREAM)
             while records := log.read(DEAD_LETTER_STREAM, offset, 1000):
                 for record in records:
                     letter = decode_dead_letter(record.payload)
-                    if letter.message.startswith("reading "):
+                    if letter.counts:
+                        summarised += sum(letter.rejected().values())
+                    elif letter.message.startswith("reading "):
                         series, _, rest = letter.message[len("reading "):].partition(" at ")
                         device, _, metric = series.rpartition("/")
                         letters.add((device, metric, int(rest.split(":", 1)[0])))
                 offset = records[-1].offset + 1
     finally:
         log.close()
-    return dropped, letters
+    return LogCounts(dropped, letters, summarised)
 
 
 class UplinkBroker(KafkaBroker):
@@ -595,14 +610,37 @@ class Tally:
     accepted: set[Key]
     upstream: Counter[Key]
     upstream_ids: Counter[str] = field(default_factory=Counter)
-    dropped_by_quota: int = 0
-    dead_lettered: set[Key] = field(default_factory=set)
+    log: LogCounts = field(default_factory=LogCounts)
     seconds: float = 0.0
     notes: str = ""
 
     @property
-    def lost(self) -> set[Key]:
+    def dropped_by_quota(self) -> int:
+        return self.log.dropped
+
+    @property
+    def dead_lettered(self) -> set[Key]:
+        return self.log.letters
+
+    @property
+    def missing(self) -> set[Key]:
+        """Accepted readings neither upstream nor named in a dead letter: the quota and flood summaries must count them."""
         return self.accepted - set(self.upstream) - self.dead_lettered
+
+    @property
+    def counted(self) -> int:
+        """Readings the log counted without naming them: dropped by quota, or refused in a flood summary."""
+        return self.log.dropped + self.log.summarised
+
+    @property
+    def lost(self) -> int:
+        """Accepted readings that nothing accounts for."""
+        return max(0, len(self.missing) - self.counted)
+
+    @property
+    def overcounted(self) -> int:
+        """Readings counted as dropped or refused beyond those missing (they arrived after all)."""
+        return max(0, self.counted - len(self.missing))
 
     @property
     def duplicated(self) -> dict[Key, int]:
@@ -618,24 +656,27 @@ class Tally:
     def extra(self) -> set[Key]:
         return set(self.upstream) - self.accepted
 
+    def row(self) -> dict[str, object]:
+        return {
+            "scenario": self.scenario, "mode": self.mode, "cycles": self.cycles, "accepted": len(self.accepted),
+            "upstream": len(set(self.upstream) & self.accepted),
+            "dead_lettered": len(self.dead_lettered & self.accepted) + self.log.summarised,
+            "dropped_by_quota": self.dropped_by_quota, "lost": self.lost, "overcounted": self.overcounted,
+            "duplicated": len(self.duplicated), "extra": len(self.extra), "seconds": round(self.seconds, 1),
+            "notes": self.notes,
+        }
+
     def line(self) -> str:
-        return (f"{self.scenario} [{self.mode}] cycles={self.cycles} accepted={len(self.accepted)}"
-                f" upstream={len(set(self.upstream) & self.accepted)} dead_lettered={len(self.dead_lettered & self.accepted)}"
-                f" dropped_by_quota={self.dropped_by_quota} lost={len(self.lost)} duplicated={len(self.duplicated)}"
-                f" extra={len(self.extra)} seconds={self.seconds:.1f}")
+        row = self.row()
+        return (f"{self.scenario} [{self.mode}] "
+                + " ".join(f"{k}={v}" for k, v in row.items() if k not in ("scenario", "mode", "notes")))
 
     def record(self) -> None:
         print("\n" + self.line())
         path = os.environ.get("TIDEGATE_FAULT_RESULTS")
         if path:
-            row = {
-                "scenario": self.scenario, "mode": self.mode, "cycles": self.cycles, "accepted": len(self.accepted),
-                "upstream": len(set(self.upstream) & self.accepted), "dead_lettered": len(self.dead_lettered & self.accepted),
-                "dropped_by_quota": self.dropped_by_quota, "lost": len(self.lost), "duplicated": len(self.duplicated),
-                "extra": len(self.extra), "seconds": round(self.seconds, 1), "notes": self.notes,
-            }
             with open(path, "a") as out:
-                out.write(json.dumps(row) + "\n")
+                out.write(json.dumps(self.row()) + "\n")
 
     def check(self, context: str = "", quota_overcount: bool = False) -> None:
         """Record the tally, then assert the equation.
@@ -647,11 +688,12 @@ class Tally:
                 and they are counted too (docs/reliability.md, "Known problems").
         """
         self.record()
-        lost, dup = self.lost, self.duplicated
-        balanced = len(lost) <= self.dropped_by_quota if quota_overcount else len(lost) == self.dropped_by_quota
+        missing, dup = self.missing, self.duplicated
+        balanced = not self.lost and (quota_overcount or not self.overcounted)
         assert balanced, (
-            f"{len(lost)} acknowledged readings are neither upstream nor dead letters, and the quota dropped "
-            f"{self.dropped_by_quota}; e.g. {sorted(lost)[:3]}. {context[-2000:]}"
+            f"{len(missing)} acknowledged readings are neither upstream nor named dead letters, and the log counted "
+            f"{self.log.dropped} dropped by quota and {self.log.summarised} refused in flood summaries; "
+            f"e.g. {sorted(missing)[:3]}. {context[-2000:]}"
         )
         assert not dup, f"{len(dup)} readings upstream more than once, e.g. {list(dup.items())[:3]}"
         assert not self.duplicated_ids, f"{len(self.duplicated_ids)} reading ids twice, e.g. {list(self.duplicated_ids.items())[:3]}"
@@ -709,9 +751,8 @@ def finish(scenario: str, mode: str, cycles: int, publisher: Publisher | Sequenc
     finally:
         gateway.stop()
         expander.stop()
-    dropped, letters = log_counts(data_dir)
     restarts = f"gateway restarted {gateway.restarts}x, expander {expander.restarts}x after exiting"
-    tally = Tally(scenario, mode, cycles, accepted, by_key, by_id, dropped, letters,
+    tally = Tally(scenario, mode, cycles, accepted, by_key, by_id, log_counts(data_dir),
                   time.monotonic() - started, "; ".join(filter(None, [notes, restarts])))
     tally.check(tail([tmp_path / "gateway.err", central.workdir / "central.log"]), quota_overcount)
     return tally

@@ -98,7 +98,6 @@ def outage_scenario(fault: str, outage_s: float, mosquitto: Mosquitto, uplink: t
         watcher.stop()
         stop_process(gateway)
         stop_process(expander)
-    dropped, letters = log_counts(data_dir)
     backlog = accepted_at_restore - on_kafka_at_restore
     assert caught_up is not None, "the backlog never reached Kafka"
     drain_s = max(caught_up - restored, 1e-3)
@@ -106,7 +105,7 @@ def outage_scenario(fault: str, outage_s: float, mosquitto: Mosquitto, uplink: t
     notes = (f"uplink {fault} for {outage_s:.0f} s; backlog {backlog} readings at restore, on Kafka "
              f"{drain_s:.1f} s later: {drain_rate:,.0f} readings/s drained vs {ingest_rate:,.0f}/s ingest "
              f"({drain_rate / ingest_rate:.1f}x); proxy carried {proxy.upstream_bytes:,} bytes up")
-    tally = Tally(f"uplink {fault}", mode, 1, publisher.accepted, by_key, by_id, dropped, letters,
+    tally = Tally(f"uplink {fault}", mode, 1, publisher.accepted, by_key, by_id, log_counts(data_dir),
                   time.monotonic() - started, notes)
     tally.check(tail([tmp_path / "gateway.err", central.workdir / "central.log"]))
     series = check_series_order(read_committed(broker.bootstrap, central.readings))
