@@ -70,6 +70,7 @@ __all__ = [
 FORMATS = ("auto", "json", "msgpack", "cbor", "senml", "senml-cbor")
 MAX_PACK = 10_000
 MAX_BOOT_BYTES = 64
+_SAFE_BOOT_CHARS = MAX_BOOT_BYTES // 4  # at most 4 bytes a character in UTF-8
 _new_object = object.__new__
 
 
@@ -216,7 +217,9 @@ def _sample_from_object(obj: object, source: SourceFields) -> Sample:
     if obj.__class__ is not dict and not isinstance(obj, dict):
         raise InvalidReading(f"a reading must be a map, got {type(obj).__name__}", reason="bad_shape")
     device = obj["device"] if "device" in obj else obj.get("d")
-    if device.__class__ is not str:
+    if device is None and source.device is not None:
+        device = source.device  # from the topic, as _name would take it
+    elif device.__class__ is not str:
         device = _name(device, source.device, "device")
     if "ts" in obj:
         time_ms = obj["ts"]
@@ -225,8 +228,21 @@ def _sample_from_object(obj: object, source: SourceFields) -> Sample:
         kind, sent_up = TIME_KIND_EPOCH, None
     else:
         kind, time_ms, sent_up = _time(obj)
-    boot = _boot(obj) if "boot" in obj or "b" in obj else None
-    seq = _int_field(obj, "seq", "s", "bad_seq", 2**64) if "seq" in obj or "s" in obj else None
+    # boot and seq, when present, are tested quickly; the helpers (which
+    # raise the documented errors) see only what the quick tests do not pass.
+    key = "boot" if "boot" in obj else "b" if "b" in obj else None
+    boot = None
+    if key is not None:
+        boot = obj[key]
+        if not (boot.__class__ is int and 0 <= boot < 2**64  # type: ignore[operator]
+                or boot.__class__ is str and 0 < len(boot) <= _SAFE_BOOT_CHARS):  # type: ignore[arg-type]
+            boot = _boot(obj)
+    key = "seq" if "seq" in obj else "s" if "s" in obj else None
+    seq = None
+    if key is not None:
+        seq = obj[key]
+        if seq.__class__ is not int or not 0 <= seq < 2**64:  # type: ignore[operator]
+            seq = _int_field(obj, "seq", "s", "bad_seq", 2**64)
     if "values" in obj:
         values = obj["values"]
         if not isinstance(values, dict) or not values:
@@ -236,7 +252,9 @@ def _sample_from_object(obj: object, source: SourceFields) -> Sample:
         ]
     elif "value" in obj or "v" in obj:
         metric = obj["metric"] if "metric" in obj else obj.get("m")
-        if metric.__class__ is not str:
+        if metric is None and source.metric is not None:
+            metric = source.metric
+        elif metric.__class__ is not str:
             metric = _name(metric, source.metric, "metric")
         pairs = [(metric, obj["value"] if "value" in obj else obj.get("v"))]
     else:

@@ -149,3 +149,38 @@ def test_decoded_samples_have_every_field_the_constructor_sets(shape: dict[str, 
     (sample,) = decode_samples(json.dumps(shape).encode(), TOPIC)
     rebuilt = Sample(*(getattr(sample, f.name) for f in dataclasses.fields(Sample)))
     assert sample == rebuilt
+
+
+@pytest.mark.parametrize(
+    ("shape", "reason", "field"),
+    [
+        ({"s": None, "v": 1}, "bad_seq", "s"),
+        ({"seq": 2**64, "s": 1, "v": 1}, "bad_seq", "seq"),
+        ({"s": True, "v": 1}, "bad_seq", "s"),
+        ({"b": None, "v": 1}, "bad_boot", "b"),
+        ({"boot": -1, "b": 1, "v": 1}, "bad_boot", "boot"),
+        ({"b": False, "v": 1}, "bad_boot", "b"),
+        ({"b": "\U0001F600" * 16 + "a", "v": 1}, "bad_boot", "b"),
+        ({"d": None, "v": 1}, None, None),  # the topic's device stands in for a nil one
+        ({"device": 5, "v": 1}, "bad_device", "device"),
+        ({"m": None, "v": 1}, None, None),
+    ],
+)
+def test_dedup_keys_and_names_are_judged_at_their_edges(shape: dict[str, object], reason: str | None,
+                                                        field: str | None) -> None:
+    for encode in (ENCODERS["json"], ENCODERS["cbor"]):
+        if reason is None:
+            (reading,) = decode_payload(encode(shape), TOPIC, received_ms=1)
+            assert (reading.device, reading.metric) == (TOPIC.device, TOPIC.metric)
+            continue
+        with pytest.raises(InvalidReading) as info:
+            decode_payload(encode(shape), TOPIC, received_ms=1)
+        assert (info.value.reason, info.value.field) == (reason, field)
+
+
+def test_a_boot_id_of_64_bytes_is_accepted_whatever_its_characters() -> None:
+    from core.codecs import decode_samples
+
+    for boot in ("\U0001F600" * 16, "é" * 32, "a" * 64, 0, 2**64 - 1):
+        (sample,) = decode_samples(ENCODERS["msgpack"]({"b": boot, "s": 0, "v": 1}), TOPIC)
+        assert (sample.boot, sample.seq) == (boot, 0)
