@@ -9,7 +9,7 @@ one time window, asks the batching controller (core/batching.py) whether the
 first run should go now and how big it may be, encodes it
 (docs/batch_format.md) and sends it. Only when the transport returns (the
 upstream holds the batch) does the cursor move past it, and the cursor is
-stored atomically. A crash anywhere in between means the same readings, with
+stored atomically, at most once a second. A crash anywhere in between means the same readings, with
 the same offsets, are sent again; the central side drops what it has already
 seen by reading id (docs/exactly_once.md).
 
@@ -24,7 +24,9 @@ Store and forward (docs/batching.md, "Store and forward"):
   of many small windows drains at the link's throughput instead of one batch
   per round trip, and the producer's compression folds what the batches
   repeat (names, keys, headers). Cursors move for the batches the upstream
-  acknowledged, in train order; the rest go again.
+  acknowledged, in train order; the rest go again. The main cursors are
+  stored at most once a second (``cursor_interval_s``): a crash in between
+  resends a second of acknowledged batches, which the central side drops.
 * **Fresh share.** With ``fresh_share`` > 0, a stream that is far behind gets
   a second, *fresh* lane starting at the log's end when it fell behind. Fresh
   batches (the lane's, and those of streams that are caught up) go first
@@ -157,6 +159,12 @@ class Forwarder:
         clock: monotonic seconds, for timing sends and the bandwidth cap.
         max_batches: at most this many batches per :meth:`forward_once`, so
             the caller gets control back during a long drain.
+        cursor_interval_s: the main cursors are stored (write, fsync, rename,
+            fsync the directory) at most this often. Between stores a crash
+            only makes the forwarder send acknowledged batches again, which
+            the central side drops by reading id; on a small site storing after
+            every batch would cost the SD card as many fsyncs as the log
+            itself (docs/benchmarks.md, "Footprint").
     """
 
     def __init__(
@@ -170,6 +178,7 @@ class Forwarder:
         priorities: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_batches: int = 256,
+        cursor_interval_s: float = 1.0,
     ) -> None:
         self.source = source
         self.transport = transport
@@ -186,6 +195,9 @@ class Forwarder:
             TokenBucket(rate, burst=max(rate, 64 * 1024), now_ms=self._mono_ms()) if rate else Unlimited()
         )
         self._cursors: dict[str, int] = {}
+        self.cursor_interval_s = cursor_interval_s
+        self._unstored: dict[str, int] = {}  # main cursors acknowledged but not stored yet
+        self._stored_at = -math.inf
         self._lanes: dict[str, _Lane | None] = {}
         self._served: dict[str, int] = {}  # stream -> step it last sent at (round robin)
         self._lingering: dict[tuple[str, bool], tuple[int, int]] = {}  # (stream, lane) -> (start, due at ms)
@@ -225,8 +237,26 @@ class Forwarder:
         return max(0, waiting)
 
     def _store(self, stream: str, offset: int) -> None:
-        self.source.store_cursor(CURSOR_NAME, stream, offset)
         self._cursors[stream] = offset
+        self._unstored[stream] = offset
+
+    def store_cursors(self, force: bool = True) -> None:
+        """Store the main cursors acknowledged since the last store.
+
+        Args:
+            force: store now; else only once ``cursor_interval_s`` has passed
+                since the last store. Call with force before closing the log.
+
+        Raises:
+            whatever the log's ``store_cursor`` raises; the cursors not stored
+            stay pending and are tried again at the next call.
+        """
+        if not self._unstored or (not force and self.clock() - self._stored_at < self.cursor_interval_s):
+            return
+        for stream, offset in list(self._unstored.items()):
+            self.source.store_cursor(CURSOR_NAME, stream, offset)
+            del self._unstored[stream]
+        self._stored_at = self.clock()
 
     def _open_lane(self, stream: str, start: int) -> None:
         # "next" first: a crash between the two leaves start <= cursor, no lane.
@@ -239,6 +269,7 @@ class Forwarder:
         # The main cursor jumps over the lane's acknowledged run; then the
         # lane's cursors are cleared (if that is lost, start <= cursor: no lane).
         self._store(stream, lane.next)
+        self.store_cursors()
         self.source.store_cursor(FRESH_START_CURSOR, stream, 0)
         self.source.store_cursor(FRESH_CURSOR, stream, 0)
         self._lanes[stream] = None
@@ -397,12 +428,14 @@ class Forwarder:
             if train_bytes >= TRAIN_BYTES:
                 sent = sent.plus(self._send_train(train, now_ms))
                 if sent.failed:
+                    self.store_cursors(force=False)
                     return sent
                 train, train_bytes = [], 0
                 pending = {s: rs for s, rs in pending.items() if s not in ahead}
                 ahead = {}
         if train:
             sent = sent.plus(self._send_train(train, now_ms))
+        self.store_cursors(force=False)
         if wait_ms and not sent.failed:
             sent = ForwardResult(sent.batches, sent.readings, sent.bytes, wait_ms=wait_ms)
         return sent

@@ -696,6 +696,10 @@ class Service:
         self._stop.set()
         for thread in self._threads:
             thread.join()
+        try:
+            self.forwarder.store_cursors()
+        except CoreError as exc:  # the batches go again after the restart; nothing is lost
+            log.error("could not store the bridge's cursors at stop: %s", exc)
         self.transport.close()
         self.log.close()
         if self.broker is not None:

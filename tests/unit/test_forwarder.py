@@ -50,6 +50,7 @@ class Gateway:
 
     def forwarder(self, transport: object, policy: BatchPolicy | None = None, **kwargs: object) -> Forwarder:
         policy = policy or BatchPolicy(mode="fixed", max_readings=100, linger_ms=0)
+        kwargs.setdefault("cursor_interval_s", 0.0)  # store after every pass: each test checks the stored cursor
         return Forwarder(self.log, transport, "gw-1", MINUTE, policy, **kwargs)  # type: ignore[arg-type]
 
 
@@ -78,7 +79,7 @@ def test_the_cursor_moves_only_after_the_upstream_acknowledged() -> None:
     result = gw.forwarder(transport).forward_once(gw.now)
     assert (result.batches, result.readings) == (3, 250)
     assert offsets(transport.sent) == [(0, 99), (100, 199), (200, 249)]
-    assert transport.cursor_at_send == [0, 100, 200]  # each batch went out before its cursor was stored
+    assert transport.cursor_at_send == [0, 0, 0]  # stored once the pass's batches were acknowledged, never before
     assert gw.log.load_cursor(CURSOR_NAME, "sensors") == 250
 
 
@@ -493,3 +494,29 @@ def test_a_train_is_cut_at_its_byte_size(monkeypatch: pytest.MonkeyPatch) -> Non
     assert len(link.trains) > 1 and sum(link.trains) == 40
     assert all(n < 40 for n in link.trains)
     assert gw.log.load_cursor(CURSOR_NAME, "sensors") == 4000
+
+
+def test_cursors_are_stored_at_most_once_an_interval_and_a_crash_between_only_resends() -> None:
+    gw = Gateway()
+    link = FakeLink(rtt_ms=10)
+    forwarder = gw.forwarder(link, clock=link.clock, cursor_interval_s=1.0)
+    stores = []
+    store = gw.log.store_cursor
+    gw.log.store_cursor = lambda name, stream, offset: (stores.append(offset), store(name, stream, offset))[1]  # type: ignore[method-assign]
+    for second in range(5):  # a reading every 0.2 s, a pass after each: 25 batches
+        for tick in range(5):
+            gw.ingest(T0 + second * 1000 + tick * 200)
+            forwarder.forward_once(gw.now)
+            link.now_s += 0.2
+    assert len(link.sent) == 25
+    assert 4 <= len(stores) <= 6  # about one a second, not 25
+    assert stores == sorted(stores)
+    stored = gw.log.load_cursor(CURSOR_NAME, "sensors")
+    assert stored <= 25
+    # kill -9 here: a new forwarder starts from the stored cursor and resends what came after it, with the same ids.
+    again = gw.reopen()
+    resent = MemoryTransport()
+    again.forwarder(resent).forward_once(again.now)
+    assert offsets(resent.sent)[0][0] == stored and offsets(resent.sent)[-1][1] == 24
+    forwarder.store_cursors()
+    assert gw.log.load_cursor(CURSOR_NAME, "sensors") == 25
