@@ -5,10 +5,12 @@ Run: python -m bench.bench_uplink [--quick]
 For each data set the same readings go upstream three ways, each through
 real components, in the same run:
 
-* tidegate: the readings cut into batches as the forwarder does (one time
-  window per batch, at most 5,000 readings), produced to a real Kafka broker
-  as the KafkaTransport does. Bytes are librdkafka's own count of bytes sent
-  to the broker (``txbytes``), so Kafka's framing is included.
+* tidegate: the readings appended to a real durable log (core.log over the
+  gateway's file adapter), then drained by the real forwarder with its
+  default (adaptive) batching through the real KafkaTransport, as after an
+  outage: one time window per batch, the due batches sent as trains. Bytes
+  are librdkafka's own count of bytes sent to the broker (``txbytes``), so
+  Kafka's framing is included.
 * Mosquitto bridge: each reading published as a JSON message with QoS 1 to a
   real local Mosquitto that bridges ``sensors/#`` to a second, upstream
   Mosquitto. Bytes are counted by a TCP proxy on the bridge connection.
@@ -35,28 +37,13 @@ from confluent_kafka import Producer
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import CountingProxy, fleet_readings, machine, nab_readings, table
-from core.batch import Entry, decode_header, encode_batch, kafka_headers, kafka_key
-from core.reading import Reading
-from core.timewindow import window_of
+from bridge.forwarder import Forwarder
+from bridge.transports import KafkaTransport
+from core.log import Log, LogConfig
+from core.reading import Reading, encode_reading
+from edge.logstore import OsFileSystem
 from edge.mosquitto import Mosquitto
 from tests.kafka.broker import KafkaBroker, ensure_kafka_jars
-
-
-def tidegate_batches(readings: list[Reading], window_ms: int, max_readings: int = 5000) -> list[bytes]:
-    """Cut readings, in arrival order, into batches as the forwarder does."""
-    batches: list[bytes] = []
-    run: list[Entry] = []
-    window = None
-    for offset, reading in enumerate(readings):
-        w = window_of(reading.ts_ms, window_ms)
-        if run and (w != window or len(run) >= max_readings):
-            batches.append(encode_batch("gw-1", "sensors", window, run))
-            run = []
-        window = w
-        run.append(Entry(offset, reading))
-    if run:
-        batches.append(encode_batch("gw-1", "sensors", window, run))
-    return batches
 
 
 class TxBytes:
@@ -92,15 +79,37 @@ def kafka_tx_bytes(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes
 
 
 def measure_tidegate(bootstrap: str, broker: KafkaBroker, readings: list[Reading], window_ms: int) -> tuple[int, int]:
+    """Bytes on the uplink and batches sent for ``readings``, through the gateway's own path."""
     topic = f"bench-tg-{time.monotonic_ns()}"
     broker.create_topic(topic)
-    batches = tidegate_batches(readings, window_ms)
-    messages = []
-    for batch in batches:
-        header = decode_header(batch)
-        messages.append((kafka_key(header), batch, kafka_headers(header), header.window.start_ms))
-    settings = {"enable.idempotence": True, "compression.type": "none", "linger.ms": 0}
-    return kafka_tx_bytes(bootstrap, topic, messages, settings), len(batches)
+    counter = TxBytes()
+    batches = 0
+    with tempfile.TemporaryDirectory() as data:
+        fs = OsFileSystem(data)
+        log = Log(fs, LogConfig(window_ms=window_ms, sync_policy="never"))
+        now_ms = max(r.received_ms for r in readings) + 86_400_000  # the uplink comes back a day later
+        for start in range(0, len(readings), 1000):
+            log.append_many("sensors", [(r.ts_ms, encode_reading(r)) for r in readings[start:start + 1000]], now_ms)
+        log.sync()
+        transport = KafkaTransport(bootstrap, topic, {"statistics.interval.ms": 100, "stats_cb": counter})  # type: ignore[dict-item]
+        producer = transport._producer  # the statistics callback runs on this producer's polls
+        producer.poll(0)
+        time.sleep(0.3)
+        producer.poll(0.2)
+        baseline = counter.value  # metadata and the idempotent producer id, before any batch
+        forwarder = Forwarder(log, transport, "gw-1", window_ms)
+        while forwarder.cursor("sensors") < log.end_offset("sensors"):
+            result = forwarder.forward_once(now_ms)
+            if result.failed:
+                raise RuntimeError("Kafka refused a batch during the benchmark")
+            batches += result.batches
+        time.sleep(0.3)
+        producer.poll(0.3)
+        used = counter.value - baseline
+        transport.close()
+        log.close()
+        fs.close()
+    return used, batches
 
 
 def measure_kafka_json(bootstrap: str, broker: KafkaBroker, readings: list[Reading]) -> int:
