@@ -730,7 +730,8 @@ def modes(quick: int, long: int, long_timeout_s: float = 300) -> pytest.MarkDeco
 
 def finish(scenario: str, mode: str, cycles: int, publisher: Publisher | Sequence[Publisher], central: Central,
            gateway: Supervisor, expander: Supervisor, data_dir: Path, tmp_path: Path, started: float,
-           notes: str = "", drained: Callable[[], object] | None = None, quota_overcount: bool = False) -> Tally:
+           notes: str = "", drained: Callable[[], object] | None = None, quota_overcount: bool = False,
+           quiet_s: float | None = None) -> Tally:
     """Stop publishing, wait for the readings topic to catch up, stop everything, count.
 
     Args:
@@ -739,6 +740,8 @@ def finish(scenario: str, mode: str, cycles: int, publisher: Publisher | Sequenc
             dropped by quota never arrive, so waiting for every accepted one
             would only time out).
         quota_overcount: passed to :meth:`Tally.check`.
+        quiet_s: how long the readings topic may stand still before the
+            count is taken (default 5 s after ``drained``, else 10 s).
     """
     publishers = [publisher] if isinstance(publisher, Publisher) else list(publisher)
     for one in publishers:
@@ -747,7 +750,9 @@ def finish(scenario: str, mode: str, cycles: int, publisher: Publisher | Sequenc
     try:
         if drained is not None:
             drained()
-        by_key, by_id = central.wait_for(accepted, quiet_s=5.0 if drained is not None else 10.0)
+        if quiet_s is None:
+            quiet_s = 5.0 if drained is not None else 10.0
+        by_key, by_id = central.wait_for(accepted, timeout=max(90.0, 2 * quiet_s), quiet_s=quiet_s)
     finally:
         gateway.stop()
         expander.stop()
