@@ -510,14 +510,7 @@ class KafkaExpander:
         deadline = None if duration_s is None else time.monotonic() + duration_s
         try:
             while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                # Wait for one batch, then take what else has already arrived
-                # without waiting: a transaction starts as soon as there is
-                # work, instead of when max_batches are there or the timeout
-                # has passed (which at a trickle added the whole timeout to
-                # every reading's latency).
-                messages = self._consumer.consume(1, self.config.poll_timeout_s)
-                if messages and self.config.max_batches > 1:
-                    messages += self._consumer.consume(self.config.max_batches - 1, 0)
+                messages = self._consumer.consume(self.config.max_batches, self.config.poll_timeout_s)
                 batch_messages = []
                 for message in messages:
                     error = message.error()
