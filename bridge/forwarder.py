@@ -321,8 +321,7 @@ class Forwarder:
         lane = self._lanes.get(stream)
         cursor = self.cursor(stream)
         if lane is None:
-            main = self._cut(stream, cursor, None, main_limits, now_ms, lane=False, fresh=not main_limits.behind)
-            return [main] if main is not None else []
+            return self._main_run(stream, cursor, main_limits, now_ms)
         runs = []
         # The lane is caught-up data: it batches for latency.
         fresh = self._cut(stream, lane.next, None, self.controller.limits(stream, 0, now_ms), now_ms,
@@ -356,11 +355,15 @@ class Forwarder:
         # stream its backlog (older data) before its lane, unless fresh-only.
         return max(pool, key=lambda r: (r.priority, -self._served.get(r.stream, -1), not r.lane))
 
-    def _continuation(self, stream: str, start: int, now_ms: int) -> list[_Run]:
-        """The due run of ``stream`` right after a run already on the train, if any."""
-        limits = self.controller.limits(stream, max(0, self.source.end_offset(stream) - start), now_ms)
+    def _main_run(self, stream: str, start: int, limits: Limits, now_ms: int) -> list[_Run]:
+        """The due run of a stream without a fresh lane, from ``start``, if any."""
         run = self._cut(stream, start, None, limits, now_ms, lane=False, fresh=not limits.behind)
         return [run] if run is not None else []
+
+    def _continuation(self, stream: str, start: int, now_ms: int) -> list[_Run]:
+        """The due run of ``stream`` right after its runs already on the train, if any."""
+        limits = self.controller.limits(stream, max(0, self.source.end_offset(stream) - start), now_ms)
+        return self._main_run(stream, start, limits, now_ms)
 
     def forward_once(self, now_ms: int) -> ForwardResult:
         """Send the batches that are due now, in priority order, as one train.
@@ -385,8 +388,10 @@ class Forwarder:
         sent = ForwardResult()
         pending: dict[str, list[_Run]] = {}
         # stream -> the offset after its runs already on the train, while a
-        # further run of its main lane may follow them on the same train.
-        ahead: dict[str, int | None] = {}
+        # further run of its main lane may follow them on the same train;
+        # ``parked``: streams on the train that may not add another run to it.
+        ahead: dict[str, int] = {}
+        parked: set[str] = set()
         train: list[_Car] = []
         train_bytes = 0
         wait_ms = 0.0
@@ -397,12 +402,14 @@ class Forwarder:
             for stream in streams:
                 self.controller.observe_end(stream, self.source.end_offset(stream), now_ms)
             for stream in streams:
-                if stream not in pending:
-                    after = ahead.get(stream, -1)
-                    if after == -1:
-                        pending[stream] = self._candidates(stream, now_ms)
-                    else:
-                        pending[stream] = self._continuation(stream, after, now_ms) if after is not None else []
+                if stream in pending:
+                    continue
+                if stream in parked:
+                    pending[stream] = []
+                elif stream in ahead:
+                    pending[stream] = self._continuation(stream, ahead[stream], now_ms)
+                else:
+                    pending[stream] = self._candidates(stream, now_ms)
             runs = [r for rs in pending.values() for r in rs]
             if not runs:
                 break
@@ -423,21 +430,23 @@ class Forwarder:
             del pending[run.stream]
             # Only a main lane without a fresh lane beside it continues on the
             # same train; lanes open, close and merge between trains.
-            continues = not run.lane and self._lanes.get(run.stream) is None
-            ahead[run.stream] = entries[-1].offset + 1 if continues else None
+            if not run.lane and self._lanes.get(run.stream) is None:
+                ahead[run.stream] = entries[-1].offset + 1
+            else:
+                parked.add(run.stream)
             if train_bytes >= TRAIN_BYTES:
                 sent = sent.plus(self._send_train(train, now_ms))
                 if sent.failed:
                     self.store_cursors(force=False)
                     return sent
                 train, train_bytes = [], 0
-                pending = {s: rs for s, rs in pending.items() if s not in ahead}
-                ahead = {}
+                pending = {s: rs for s, rs in pending.items() if s not in ahead and s not in parked}
+                ahead, parked = {}, set()
         if train:
             sent = sent.plus(self._send_train(train, now_ms))
         self.store_cursors(force=False)
         if wait_ms and not sent.failed:
-            sent = ForwardResult(sent.batches, sent.readings, sent.bytes, wait_ms=wait_ms)
+            sent = sent.plus(ForwardResult(wait_ms=wait_ms))
         return sent
 
     def _send_train(self, train: list[_Car], now_ms: int) -> ForwardResult:
