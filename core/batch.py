@@ -131,39 +131,37 @@ def _scaled(v: Value, scale: int) -> int | None:
     return n
 
 
-def _decimal_scale(values: Sequence[Value]) -> tuple[int, list[int]] | None:
-    """Smallest k with every value == n / 10**k exactly, and the n's; else None."""
-    for k in range(_MAX_DECIMALS + 1):
-        scale = 10**k
-        ns = []
-        for v in values:
-            n = _scaled(v, scale)
-            if n is None:
-                break
-            ns.append(n)
-        else:
-            return k, ns
-    return None
+def _decimal_column(values: Sequence[Value]) -> list[object] | None:
+    """A kind 1 or kind 3 column, or None when most values fit no decimal scale.
 
-
-def _patched_decimal(values: Sequence[Value]) -> list[object] | None:
-    """A kind 3 column: decimals at the scale most values fit, the rest as exceptions.
-
+    Kind 1 when every value is ``n / 10**k`` at the smallest such ``k``.
     Real series hold a few values a decimal scale cannot give back: a sensor's
     float noise (74.93588199999998 among values of eight decimals), an int
     among floats, a -0.0. Kind 1 would fall back to plain 9-byte floats for the
-    whole column for one such value; kind 3 keeps the deltas and lists the odd
-    values by index. Returns None when most values fit no scale.
+    whole column for one such value; kind 3 keeps the deltas at the smallest
+    ``k`` with the fewest exceptions and lists the odd values by index.
     """
     if sum(type(v) is not float for v in values) * _MAX_EXCEPTION_SHARE > len(values):
         return None  # strings, bools or ints: nothing to scale
+    allowed = len(values) // _MAX_EXCEPTION_SHARE  # more exceptions than this: not worth kind 3
     misses, k, ns = len(values) + 1, 0, []
     for scale_k in range(_MAX_DECIMALS + 1):
         scale = 10**scale_k
-        scaled = [_scaled(v, scale) for v in values]
-        if scaled.count(None) < misses:  # the smallest k with the fewest exceptions
-            misses, k, ns = scaled.count(None), scale_k, scaled
-    if misses * _MAX_EXCEPTION_SHARE > len(values):
+        bound = min(misses - 1, allowed)  # a scale with more exceptions than this cannot win
+        scaled = []
+        count = 0
+        for v in values:
+            n = _scaled(v, scale)
+            if n is None:
+                count += 1
+                if count > bound:
+                    break
+            scaled.append(n)
+        else:
+            misses, k, ns = count, scale_k, scaled
+            if not misses:
+                return [_VALUES_DECIMAL, k, *_deltas(ns, 0)]  # type: ignore[arg-type]
+    if misses > allowed:
         return None
     exceptions: dict[int, Value] = {}
     deltas = []
@@ -189,14 +187,8 @@ def _encode_values(values: Sequence[Value]) -> list[object]:
         if _fits_int64(deltas):
             return [_VALUES_INT, *deltas]
         return [_VALUES_PLAIN, *values]
-    scaled = _decimal_scale(values)
-    if scaled is not None:
-        k, ns = scaled
-        return [_VALUES_DECIMAL, k, *_deltas(ns, 0)]
-    patched = _patched_decimal(values)
-    if patched is not None:
-        return patched
-    return [_VALUES_PLAIN, *values]
+    decimal = _decimal_column(values)
+    return decimal if decimal is not None else [_VALUES_PLAIN, *values]
 
 
 def _check_name(what: str, name: str) -> bytes:
