@@ -45,8 +45,9 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cbor2
 
@@ -61,6 +62,7 @@ __all__ = [
     "SourceFields",
     "decode_payload",
     "decode_samples",
+    "decode_with",
     "parse_payload",
     "readings_from_value",
     "samples_from_value",
@@ -72,6 +74,7 @@ MAX_PACK = 10_000
 MAX_BOOT_BYTES = 64
 _SAFE_BOOT_CHARS = MAX_BOOT_BYTES // 4  # at most 4 bytes a character in UTF-8
 _new_object = object.__new__
+_Interpreted = TypeVar("_Interpreted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +326,22 @@ def decode_samples(payload: bytes, source: SourceFields, fmt: str = "auto") -> l
         PayloadError: the bytes are not the format.
         InvalidReading: the values are not readings.
     """
+    return decode_with(payload, source, fmt, samples_from_value)
+
+
+def decode_with(
+    payload: bytes, source: SourceFields, fmt: str, interpret: Callable[[object, SourceFields], _Interpreted]
+) -> list[Sample] | _Interpreted:
+    """Decode a sensor payload with ``interpret`` turning parsed values into samples (or another form of them).
+
+    ``interpret`` must raise :class:`InvalidReading` for exactly the values
+    :func:`samples_from_value` rejects: format detection counts a format only
+    if its values are readings. SenML formats are interpreted as SenML.
+
+    Raises:
+        PayloadError: the bytes are not the format.
+        InvalidReading: the values are not readings.
+    """
     # With detection, a format only counts if its values are readings: the
     # first bytes of msgpack and CBOR overlap, and the wrong parser can
     # sometimes consume a payload whole.
@@ -332,7 +351,7 @@ def decode_samples(payload: bytes, source: SourceFields, fmt: str = "auto") -> l
     errors: list[PayloadError | InvalidReading] = []
     for name in _candidates(payload, fmt):
         try:
-            return samples_from_value(_PARSERS[name](payload), source)
+            return interpret(_PARSERS[name](payload), source)
         except (PayloadError, InvalidReading) as exc:
             errors.append(exc)
     # A format that parsed but held no readings explains more than one that did not parse.

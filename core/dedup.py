@@ -30,8 +30,9 @@ recently used dropped first (counted as ``evicted``). A window costs about
 
 Readings without a sequence number but with the device's own time are judged
 by :class:`ContentDedup`: two readings of one series (device, metric) at one
-device time with one value are the same reading, so the last ``max_keys`` such
-keys are remembered and a repeat is a duplicate. Readings with neither a
+device time with one value are the same reading, so at least the last
+``max_keys // 2`` such keys (at most ``max_keys``) are remembered and a repeat
+is a duplicate. Readings with neither a
 sequence number nor a device time cannot be told from new ones and pass.
 
 The windows live in memory, and are rebuilt after a restart from the tail of
@@ -152,29 +153,40 @@ class ContentDedup:
     timed by the device's own clock are judged: a time the gateway supplied
     changes on every delivery, so it identifies nothing.
 
+    The keys are kept in two generations of sets: new keys go into the
+    current one, and when it holds ``max_keys // 2`` it becomes the previous
+    one and the old previous one is forgotten. So at least the last
+    ``max_keys // 2`` keys, and at most ``max_keys``, are remembered, and a
+    whole pack is judged and remembered with a few set operations that run
+    in C (:meth:`fresh_keys`) instead of an ordered map updated key by key.
+
     Args:
-        max_keys: how many recent keys are remembered (oldest forgotten first).
+        max_keys: at most how many recent keys are remembered (at least half of them).
     """
 
     def __init__(self, max_keys: int = 65_536) -> None:
-        if max_keys < 1:
-            raise LocalError("ContentDedup max_keys must be positive")
+        if max_keys < 2:
+            raise LocalError("ContentDedup max_keys must be at least 2")
         self.max_keys = max_keys
-        self._seen: OrderedDict[tuple[object, ...], None] = OrderedDict()
+        self._generation = max_keys // 2
+        self._current: set[tuple[object, ...]] = set()
+        self._previous: set[tuple[object, ...]] = set()
         self.duplicates = 0
 
     def check(self, device: str, metric: str, ts_ms: int, value: object) -> int:
         """:data:`NEW` (and now remembered) or :data:`DUPLICATE` (counted)."""
         # The class keeps 1, 1.0 and True apart (they are equal and hash alike).
         key = (device, metric, ts_ms, value.__class__, value)
-        seen = self._seen
-        if key in seen:
+        if key in self._current or key in self._previous:
             self.duplicates += 1
             return DUPLICATE
-        seen[key] = None
-        if len(seen) > self.max_keys:
-            seen.popitem(last=False)
+        self._remember(key)
         return NEW
+
+    def _remember(self, key: tuple[object, ...]) -> None:
+        self._current.add(key)
+        if len(self._current) >= self._generation:
+            self._previous, self._current = self._current, set()
 
     def fresh(self, readings: list[Reading]) -> list[Reading]:
         """The readings that are not duplicates, in order; each is judged as :meth:`check` judges it.
@@ -183,20 +195,35 @@ class ContentDedup:
         remembered); the others are kept as they are. One call per sample of
         a message, so the per-reading work stays in this loop.
         """
-        seen = self._seen
         out: list[Reading] = []
         for reading in readings:
             if reading.time_source == TIME_DEVICE:
                 value = reading.value
                 key = (reading.device, reading.metric, reading.ts_ms, value.__class__, value)
-                if key in seen:
+                if key in self._current or key in self._previous:
                     self.duplicates += 1
                     continue
-                seen[key] = None
-                if len(seen) > self.max_keys:
-                    seen.popitem(last=False)
+                self._remember(key)
             out.append(reading)
         return out
 
+    def fresh_keys(self, keys: list[tuple[object, ...]]) -> list[bool] | None:
+        """Judge the keys of device-timed readings, in order, as :meth:`check` would one by one.
+
+        Returns:
+            None if every key is new (all are now remembered), else whether
+            each one is new.
+        """
+        current, previous = self._current, self._previous
+        room = self._generation - len(current)
+        if len(keys) < room and current.isdisjoint(keys) and previous.isdisjoint(keys):
+            before = len(current)
+            current.update(keys)
+            if len(current) - before == len(keys):
+                return None
+            # A key repeated inside the pack: undo, and judge key by key.
+            current.difference_update(keys)
+        return [self.check(*key[:3], key[4]) == NEW for key in keys]
+
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self._current) + len(self._previous)

@@ -46,7 +46,7 @@ from core.deadletter import (
 )
 from core.intake import Accepted, Duplicate, Intake
 from core.log import UNSYNCED, LogFull, RecordRejected, Unsynced
-from core.reading import Reading, decode_record, encode_records
+from core.reading import Reading, decode_record
 from core.topics import Route
 from edge.clocksync import ClockProbe
 from edge.metrics import Metrics
@@ -65,7 +65,7 @@ class LogSink(Protocol):
     """What the writer needs of the durable log."""
 
     def append(self, stream: str, ts_ms: int, payload: bytes, now_ms: int | Unsynced) -> int: ...
-    def append_many(self, stream: str, records: list[tuple[int, bytes]], now_ms: int | Unsynced) -> range: ...
+    def append_many(self, stream: str, records: Sequence[tuple[int, bytes]], now_ms: int | Unsynced) -> range: ...
     def maybe_sync(self, now_ms: int) -> bool: ...
     def durable_offset(self, stream: str) -> int: ...
     def streams(self) -> list[str]: ...
@@ -277,7 +277,7 @@ class Gateway:
             self._pending.append((message, self._covering_pending(needs)))
             return
         if isinstance(result, Accepted):
-            records = encode_records(result.readings, result.provenance)
+            records = result.records
             held = False
             try:
                 needs[result.stream] = self._append_many(result.stream, records)
@@ -364,7 +364,7 @@ class Gateway:
             self._pending.append((message, needs))
 
     def _append_one_by_one(
-        self, message: Message, stream: str, readings: tuple[Reading, ...], records: list[tuple[int, bytes]],
+        self, message: Message, stream: str, readings: tuple[Reading, ...], records: Sequence[tuple[int, bytes]],
         needs: dict[str, int],
     ) -> tuple[int, bool]:
         """Append each reading alone; a refused one becomes a dead letter.
@@ -403,7 +403,7 @@ class Gateway:
     def _append(self, stream: str, ts_ms: int, payload: bytes) -> int:
         return self._retrying_while_full(lambda: self.log.append(stream, ts_ms, payload, self.log_now()))
 
-    def _append_many(self, stream: str, records: list[tuple[int, bytes]]) -> int:
+    def _append_many(self, stream: str, records: Sequence[tuple[int, bytes]]) -> int:
         """Append a message's readings in one call (one lock, one pass); return the last offset."""
         return self._retrying_while_full(lambda: self.log.append_many(stream, records, self.log_now())[-1])
 

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from core.log import (
     UNSYNCED, DeleteResult, FsckReport, Log, LogConfig, LogError, LogFailed, LogRecord, Reporter, Unsynced, fsck,
@@ -236,7 +236,7 @@ class SharedLog:
                 self._durable_changed.notify_all()
             return offset
 
-    def append_many(self, stream: str, records: list[tuple[int, bytes]],
+    def append_many(self, stream: str, records: Sequence[tuple[int, bytes]],
                     now_ms: int | Unsynced | _Clock = _CLOCK) -> range:
         now = self._now(now_ms)
         with self._lock:

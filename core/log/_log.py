@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import errno as errno_names
 import heapq
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from core.log import _policy as policy
@@ -419,7 +419,7 @@ class Log:
             raise self._fail(exc) from exc
         return offset
 
-    def append_many(self, stream: str, records: list[tuple[int, bytes]], now_ms: int | Unsynced) -> range:
+    def append_many(self, stream: str, records: Sequence[tuple[int, bytes]], now_ms: int | Unsynced) -> range:
         """Append several records of one stream; return their offsets (consecutive).
 
         All records are checked before any is added, so a rejection or a full

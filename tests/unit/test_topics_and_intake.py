@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from core.deadletter import DeadLetter, decode_dead_letter, encode_dead_letter
 from core.errors import LocalError
 from core.intake import Accepted, DamagedPayload, Duplicate, Intake, Rejected, classify_message
-from core.reading import Reading
+from core.reading import Reading, encode_reading
 from core.topics import Route, TopicTemplate
 
 ROUTES = (
@@ -49,7 +49,8 @@ def test_reserved_and_malformed_stream_names_are_refused() -> None:
 
 def test_good_message_is_accepted_into_its_stream() -> None:
     result = classify_message(ROUTES, "mqtt", "sites/s/sensors/n1/temp", b'{"ts": 10, "value": 2.5}', 11)
-    assert result == Accepted("sensors", (Reading("n1", "temp", 10, 2.5, 11),))
+    reading = Reading("n1", "temp", 10, 2.5, 11)
+    assert result == Accepted("sensors", (reading,), records=((10, encode_reading(reading)),))
 
 
 @pytest.mark.parametrize(

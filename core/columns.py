@@ -1,0 +1,168 @@
+"""Packs of plain reading objects, read a column at a time.
+
+How this works: most packs a site sends are arrays of objects of one shape,
+``[{"ts": 1767225600000, "m": "temp_c", "v": 21.5}, ...]``. The general
+interpreter (core/codecs.py) turns each object into a Sample and each Sample
+into Readings, a few Python calls per object. Here a pack is first checked to
+be of one plain shape: every item a map with the same keys, and those keys one
+of the shapes below. Then each field is pulled out of all items at once
+(``map(itemgetter(key), items)``, which runs in C), and each column is checked
+in a few passes of builtins: its set of types, its shortest and longest
+string, its smallest and largest number.
+
+A pack that passes every check is one the general interpreter accepts with
+exactly these fields, in this order; :func:`pack_columns` then returns its
+:class:`Columns`. Anything else (another key, a ``t`` or uptime time, a
+``values`` map, a value out of the plain range, a name too long to be sure of
+without encoding it) returns None, and the pack takes the general path, which
+decides it and, if it is bad, names the field. So this module never rejects
+a pack; it only recognises the ones that are plainly good.
+
+The shapes: ``ts`` (integer milliseconds since the epoch) and ``v`` or
+``value``; ``m`` or ``metric`` unless the topic names the metric; ``d`` or
+``device`` unless the topic names the device; optionally ``b`` or ``boot``,
+and ``s`` or ``seq``. Every item has the same keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+from operator import itemgetter
+
+from core.codecs import MAX_BOOT_BYTES, MAX_PACK, SourceFields
+from core.reading import MAX_NAME_BYTES, MAX_STRING_VALUE_BYTES, Value
+
+__all__ = ["Columns", "pack_columns"]
+
+# A UTF-8 character is at most 4 bytes, so a string of at most this many
+# characters is within its byte limit without being encoded (core/reading.py).
+_SAFE_NAME_CHARS = MAX_NAME_BYTES // 4
+_SAFE_STRING_CHARS = MAX_STRING_VALUE_BYTES // 4
+_SAFE_BOOT_CHARS = MAX_BOOT_BYTES // 4
+_MAX_TS = 2**63 - 1
+_INT_VALUE_MIN, _INT_VALUE_END = -(2**63), 2**64  # a value may be int64 or uint64
+_SEQ_END = 2**64
+_VALUE_TYPES = frozenset((float, int, bool, str))
+_INT = {int}
+_STR = {str}
+_DICT = {dict}
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Which key of a plain item holds each field (None: not in the items)."""
+
+    value: str
+    metric: str | None
+    device: str | None
+    boot: str | None
+    seq: str | None
+
+
+def _shapes() -> dict[frozenset[object], _Shape]:
+    shapes: dict[frozenset[object], _Shape] = {}
+    for value, metric, device, boot, seq in product(
+        ("v", "value"), ("m", "metric", None), ("d", "device", None), ("b", "boot", None), ("s", "seq", None)
+    ):
+        keys = frozenset(k for k in ("ts", value, metric, device, boot, seq) if k is not None)
+        shapes[keys] = _Shape(value, metric, device, boot, seq)
+    return shapes
+
+
+_SHAPES = _shapes()
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The fields of a plainly good pack, one list per field, all of one length.
+
+    Every time is device-clock epoch milliseconds in 0..2**63-1; every device
+    and metric a string of 1..63 characters; every value a finite float, an
+    int64 or uint64, a bool or a string of at most 1,024 characters. ``boots``
+    and ``seqs`` are None when the items carry none.
+    """
+
+    devices: list[str]
+    metrics: list[str]
+    times: list[int]
+    values: list[Value]
+    boots: list[int | str] | None
+    seqs: list[int] | None
+
+
+def _names_plain(names: list[str]) -> bool:
+    return {*map(type, names)} == _STR and 0 < min(map(len, names)) and max(map(len, names)) <= _SAFE_NAME_CHARS
+
+
+def _values_plain(values: list[object]) -> bool:
+    kinds = {*map(type, values)}
+    if kinds == {float}:
+        total = sum(values)  # type: ignore[arg-type]
+        # inf or nan anywhere makes the sum inf or nan; a sum of finite values
+        # that overflows is a false alarm, and the general path accepts it.
+        return total - total == 0.0  # type: ignore[no-any-return]
+    if kinds == _INT:
+        return _INT_VALUE_MIN <= min(values) and max(values) < _INT_VALUE_END  # type: ignore[type-var, operator]
+    if not kinds <= _VALUE_TYPES:
+        return False
+    return all(
+        value - value == 0.0 if kind is float  # type: ignore[operator]
+        else _INT_VALUE_MIN <= value < _INT_VALUE_END if kind is int  # type: ignore[operator]
+        else kind is bool or len(value) <= _SAFE_STRING_CHARS  # type: ignore[arg-type]
+        for value, kind in zip(values, map(type, values))
+    )
+
+
+def _boots_plain(boots: list[object]) -> bool:
+    kinds = {*map(type, boots)}
+    if kinds == _INT:
+        return 0 <= min(boots) and max(boots) < _SEQ_END  # type: ignore[type-var, operator]
+    if kinds == _STR:
+        return 0 < min(map(len, boots)) and max(map(len, boots)) <= _SAFE_BOOT_CHARS  # type: ignore[arg-type]
+    return kinds == {int, str} and all(
+        0 <= boot < _SEQ_END if boot.__class__ is int else 0 < len(boot) <= _SAFE_BOOT_CHARS  # type: ignore[operator, arg-type]
+        for boot in boots
+    )
+
+
+def pack_columns(value: object, source: SourceFields) -> Columns | None:
+    """The columns of a parsed pack (or single object) of plain reading objects; None if it needs the general path.
+
+    ``value`` is what a parser returned for a payload; ``source`` what the
+    topic named. Never raises on any value a parser returns.
+    """
+    items = value if value.__class__ is list else [value] if value.__class__ is dict else None
+    if not items or len(items) > MAX_PACK or {*map(type, items)} != _DICT:  # type: ignore[arg-type]
+        return None
+    first = items[0]  # type: ignore[index]
+    shape = _SHAPES.get(frozenset(first))
+    if shape is None or {*map(len, items)} != {len(first)}:  # type: ignore[arg-type]
+        return None
+    count = len(items)  # type: ignore[arg-type]
+    try:
+        # Same length and every key of the shape present: every item has exactly the shape's keys.
+        times = list(map(itemgetter("ts"), items))  # type: ignore[arg-type]
+        values = list(map(itemgetter(shape.value), items))  # type: ignore[arg-type]
+        metrics = list(map(itemgetter(shape.metric), items)) if shape.metric else None  # type: ignore[arg-type]
+        devices = list(map(itemgetter(shape.device), items)) if shape.device else None  # type: ignore[arg-type]
+        boots = list(map(itemgetter(shape.boot), items)) if shape.boot else None  # type: ignore[arg-type]
+        seqs = list(map(itemgetter(shape.seq), items)) if shape.seq else None  # type: ignore[arg-type]
+    except KeyError:
+        return None
+    if metrics is None:
+        if source.metric is None:
+            return None
+        metrics = [source.metric] * count
+    if devices is None:
+        if source.device is None:
+            return None
+        devices = [source.device] * count
+    if not (
+        {*map(type, times)} == _INT and 0 <= min(times) and max(times) <= _MAX_TS
+        and _names_plain(metrics) and _names_plain(devices) and _values_plain(values)
+        and (boots is None or _boots_plain(boots))
+        and (seqs is None or {*map(type, seqs)} == _INT and 0 <= min(seqs) and max(seqs) < _SEQ_END)
+    ):
+        return None
+    return Columns(devices, metrics, times, values, boots, seqs)
