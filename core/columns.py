@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import product
 from operator import itemgetter
+from typing import Any
 
 from core.codecs import MAX_BOOT_BYTES, MAX_PACK, SourceFields
 from core.reading import MAX_NAME_BYTES, MAX_STRING_VALUE_BYTES, Value
@@ -51,13 +52,13 @@ _DICT = {dict}
 
 @dataclass(frozen=True, slots=True)
 class _Shape:
-    """Which key of a plain item holds each field (None: not in the items)."""
+    """Getters of each field from a plain item (None: the items do not carry it)."""
 
-    value: str
-    metric: str | None
-    device: str | None
-    boot: str | None
-    seq: str | None
+    value: itemgetter[Any]
+    metric: itemgetter[Any] | None
+    device: itemgetter[Any] | None
+    boot: itemgetter[Any] | None
+    seq: itemgetter[Any] | None
 
 
 def _shapes() -> dict[frozenset[object], _Shape]:
@@ -66,11 +67,12 @@ def _shapes() -> dict[frozenset[object], _Shape]:
         ("v", "value"), ("m", "metric", None), ("d", "device", None), ("b", "boot", None), ("s", "seq", None)
     ):
         keys = frozenset(k for k in ("ts", value, metric, device, boot, seq) if k is not None)
-        shapes[keys] = _Shape(value, metric, device, boot, seq)
+        shapes[keys] = _Shape(*(None if key is None else itemgetter(key) for key in (value, metric, device, boot, seq)))
     return shapes
 
 
 _SHAPES = _shapes()
+_get_ts = itemgetter("ts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +144,12 @@ def pack_columns(value: object, source: SourceFields) -> Columns | None:
     count = len(items)  # type: ignore[arg-type]
     try:
         # Same length and every key of the shape present: every item has exactly the shape's keys.
-        times = list(map(itemgetter("ts"), items))  # type: ignore[arg-type]
-        values = list(map(itemgetter(shape.value), items))  # type: ignore[arg-type]
-        metrics = list(map(itemgetter(shape.metric), items)) if shape.metric else None  # type: ignore[arg-type]
-        devices = list(map(itemgetter(shape.device), items)) if shape.device else None  # type: ignore[arg-type]
-        boots = list(map(itemgetter(shape.boot), items)) if shape.boot else None  # type: ignore[arg-type]
-        seqs = list(map(itemgetter(shape.seq), items)) if shape.seq else None  # type: ignore[arg-type]
+        times = list(map(_get_ts, items))  # type: ignore[arg-type]
+        values = list(map(shape.value, items))  # type: ignore[arg-type]
+        metrics = list(map(shape.metric, items)) if shape.metric else None  # type: ignore[arg-type]
+        devices = list(map(shape.device, items)) if shape.device else None  # type: ignore[arg-type]
+        boots = list(map(shape.boot, items)) if shape.boot else None  # type: ignore[arg-type]
+        seqs = list(map(shape.seq, items)) if shape.seq else None  # type: ignore[arg-type]
     except KeyError:
         return None
     if metrics is None:

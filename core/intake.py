@@ -38,7 +38,7 @@ from core.dedup import DUPLICATE, ContentDedup, Dedup
 from core.devicetime import ClockChange, DeviceClock
 from core.errors import InvalidReading, PayloadError
 from core.reading import (
-    TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Provenance, Reading, encode_records, plain_reading, readings_of,
+    TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Provenance, Reading, decode_record, encode_records, readings_of,
 )
 from core.sample import TIME_KIND_EPOCH, TIME_KIND_RELATIVE, TIME_KIND_UPTIME, Sample
 from core.topics import Route, topic_candidates
@@ -47,13 +47,20 @@ __all__ = ["Accepted", "Rejected", "Duplicate", "DamagedPayload", "Intake", "cla
 
 
 _MIN_TS, _MAX_TS = -(2**63), 2**63 - 1
-_plain_reading = plain_reading
+
+
+# Below this many items a pack costs less through the general interpreter: the
+# column checks are a fixed cost of a dozen builtin calls (bench/bench_intake_cpu.py).
+_COLUMNS_FROM_ITEMS = 5
 
 
 def _columns_or_samples(value: object, source: SourceFields) -> Columns | list[Sample]:
     """A plainly good pack's columns, else the general interpreter's samples (which raises for bad values)."""
-    columns = pack_columns(value, source)
-    return columns if columns is not None else samples_from_value(value, source)
+    if value.__class__ is list and len(value) >= _COLUMNS_FROM_ITEMS:  # type: ignore[arg-type]
+        columns = pack_columns(value, source)
+        if columns is not None:
+            return columns
+    return samples_from_value(value, source)
 
 
 def sample_fingerprint(sample: Sample) -> int:
@@ -92,19 +99,23 @@ class Accepted:
     """Readings to append to ``stream``.
 
     Attributes:
+        records: each reading as ``Log.append_many`` takes it, the
+            ``(ts_ms, payload)`` of :func:`core.reading.encode_records`, with
+            its sample's provenance in the payload when the sample was numbered.
         duplicates: samples of the message dropped as already seen.
         unsynced: readings whose time came from the gateway's clock while it
             was not synchronised (docs/ingest.md, "Device time").
     """
 
     stream: str
-    readings: tuple[Reading, ...]
+    records: tuple[tuple[int, bytes], ...]
     duplicates: int = 0
     unsynced: int = 0
-    # Parallel to ``readings``: each one as Log.append_many takes it, the
-    # ``(ts_ms, payload)`` of core.reading.encode_records, with its sample's
-    # provenance in the payload when the sample was numbered.
-    records: tuple[tuple[int, bytes], ...] = ()
+
+    @property
+    def readings(self) -> tuple[Reading, ...]:
+        """The readings, decoded from the records (the writer appends the records and never needs these)."""
+        return tuple(decode_record(payload)[0] for _, payload in self.records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +169,7 @@ def classify_message(
         readings = decode_payload(payload, fields, received_ms, route.payload_format)
     except (PayloadError, InvalidReading) as exc:
         return Rejected(DeadLetter(source, topic, received_ms, exc.reason, str(exc), payload))
-    return Accepted(route.stream, tuple(readings), records=tuple(encode_records(readings)))
+    return Accepted(route.stream, tuple(encode_records(readings)))
 
 
 class Intake:
@@ -257,7 +268,7 @@ class Intake:
             unsynced = sum(1 for r in readings if r.time_source != TIME_DEVICE)
             self.clock.unsynced_readings += unsynced
         records = encode_records(readings, provenance if any(provenance) else ())
-        return Accepted(route.stream, tuple(readings), duplicates, unsynced, tuple(records))
+        return Accepted(route.stream, tuple(records), duplicates, unsynced)
 
     def _fingerprint(self, time_kind: int, time_ms: int, values: list[tuple[str, object]]) -> int:
         """:func:`sample_fingerprint`, with the intake's own packer."""
@@ -269,7 +280,8 @@ class Intake:
         The same decision as the general path: the times are the device's
         clock, so there is nothing to map; numbered samples go through the
         sequence windows one by one, the others through content deduplication
-        as one set operation; readings and records are built for what is kept.
+        as one set operation; records are encoded for what is kept, straight
+        from the columns.
         """
         devices, metrics, times, values = columns.devices, columns.metrics, columns.times, columns.values
         count = len(times)
@@ -292,7 +304,6 @@ class Intake:
         if keep is not None:
             devices, metrics, times, values = (list(compress(column, keep)) for column in (devices, metrics, times, values))
         pack = self._pack
-        readings = tuple(map(_plain_reading, devices, metrics, times, values, repeat(received_ms)))
         if seqs is None:
             payloads = map(pack, zip(devices, metrics, times, values, repeat(received_ms), repeat(TIME_DEVICE)))
         else:
@@ -304,7 +315,7 @@ class Intake:
                 (device, metric, ts, value, received_ms, TIME_DEVICE, boot, seq, fingerprint)
                 for device, metric, ts, value, (boot, seq, fingerprint) in zip(devices, metrics, times, values, provenance)
             ))
-        return Accepted(stream, readings, count - kept, 0, tuple(zip(times, payloads)))
+        return Accepted(stream, tuple(zip(times, payloads)), count - kept)
 
     def remember(self, reading: Reading, provenance: Provenance | None) -> None:
         """Mark a reading already in the log as seen (rebuilding the windows after a restart).

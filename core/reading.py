@@ -35,7 +35,6 @@ __all__ = [
     "MAX_NAME_BYTES",
     "MAX_STRING_VALUE_BYTES",
     "readings_of",
-    "plain_reading",
     "encode_reading",
     "encode_records",
     "decode_reading",
@@ -148,7 +147,7 @@ def _check_fields(reading: Reading) -> None:
 class _Unfrozen:
     """Reading's slots, in Reading's order, without its frozen ``__setattr__``.
 
-    plain_reading fills one with plain attribute stores and then makes it a
+    readings_of fills one with plain attribute stores and then makes it a
     Reading by assigning ``__class__`` (Python allows that between classes
     with the same slots), which costs less than the six
     ``object.__setattr__`` calls of the frozen dataclass's ``__init__``. The
@@ -192,29 +191,19 @@ def readings_of(
             else -(2**63) <= value < 2**64 if kind is int  # type: ignore[operator]
             else kind is bool or (kind is str and len(value) <= _SAFE_STRING_CHARS)  # type: ignore[arg-type]
         ):
-            append(plain_reading(device, metric, ts_ms, value, received_ms, time_source))  # type: ignore[arg-type]
+            reading = _new_object(_Unfrozen)
+            reading.device = device
+            reading.metric = metric
+            reading.ts_ms = ts_ms
+            reading.value = value
+            reading.received_ms = received_ms
+            reading.time_source = time_source
+            reading.__class__ = Reading  # type: ignore[assignment]
+            append(reading)  # type: ignore[arg-type]
         else:
             # Not plainly valid: the full checks accept it or raise the documented error.
             append(Reading(device, metric, ts_ms, value, received_ms, time_source))  # type: ignore[arg-type]
     return out
-
-
-def plain_reading(device: str, metric: str, ts_ms: int, value: Value, received_ms: int,
-                  time_source: int = TIME_DEVICE) -> Reading:
-    """A Reading of fields the caller has already found plainly valid (as readings_of checks them), unchecked.
-
-    For core/columns.py, which checks a whole column at once; anything else
-    builds readings with :class:`Reading` or :func:`readings_of`.
-    """
-    reading = _new_object(_Unfrozen)
-    reading.device = device
-    reading.metric = metric
-    reading.ts_ms = ts_ms
-    reading.value = value
-    reading.received_ms = received_ms
-    reading.time_source = time_source
-    reading.__class__ = Reading  # type: ignore[assignment]
-    return reading  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)

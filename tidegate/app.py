@@ -270,10 +270,13 @@ class Telemetry:
             dt = max(last[0] - prev[0], 1e-6)
             ingest_rate = (last[1] - prev[1]) / dt if len(self._recent) > 1 else 0.0
             uplink_bps = (last[3] - prev[3]) / dt if len(self._recent) > 1 else 0.0
-            out_readings, out_bytes, out_batches = last[2] - first[2], last[3] - first[3], last[4] - first[4]
+            out_readings, out_batches = last[2] - first[2], last[4] - first[4]
             intake = m.total("tidegate_intake_bytes_total")
-            if out_bytes > 0 and readings_in > 0:
-                self._compression = (intake / readings_in) * out_readings / out_bytes
+            if uplink > 0 and readings_in > 0:
+                # Since start, not over the recent window: a window that holds only
+                # the last few readings of a burst, in one small batch, would show
+                # the batch header's cost rather than what the uplink saves.
+                self._compression = (intake / readings_in) * readings_out / uplink
             if out_batches > 0:
                 self._batch_size = out_readings / out_batches
             for name, st in stats["streams"].items():

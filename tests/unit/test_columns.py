@@ -90,7 +90,7 @@ def messages(draw: st.DrawFn) -> tuple[str, bytes]:
         "seq": draw(st.sampled_from(["s", "seq"])),
     }
     numbered = draw(st.booleans())
-    size = draw(st.integers(1, 12))
+    size = draw(st.integers(1, 16))
     pack = [draw(items(keys, numbered, i)) for i in range(size)]
     value: object = pack[0] if size == 1 and draw(st.booleans()) else pack
     fmt = draw(st.sampled_from(["msgpack", "json", "cbor"]))

@@ -50,7 +50,8 @@ def test_reserved_and_malformed_stream_names_are_refused() -> None:
 def test_good_message_is_accepted_into_its_stream() -> None:
     result = classify_message(ROUTES, "mqtt", "sites/s/sensors/n1/temp", b'{"ts": 10, "value": 2.5}', 11)
     reading = Reading("n1", "temp", 10, 2.5, 11)
-    assert result == Accepted("sensors", (reading,), records=((10, encode_reading(reading)),))
+    assert result == Accepted("sensors", ((10, encode_reading(reading)),))
+    assert result.readings == (reading,)
 
 
 @pytest.mark.parametrize(
