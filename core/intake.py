@@ -47,6 +47,7 @@ __all__ = ["Accepted", "Rejected", "Duplicate", "DamagedPayload", "Intake", "cla
 
 
 _MIN_TS, _MAX_TS = -(2**63), 2**63 - 1
+_ROUTE_CACHE_TOPICS = 4096
 
 
 # Below this many items a pack costs less through the general interpreter: the
@@ -206,6 +207,11 @@ class Intake:
         self.clock = clock if clock is not None else DeviceClock()
         self._clock_observed = False
         self._pack = msgpack_codec.packer().pack
+        # A topic's route and fields, once found: sensors publish on a few
+        # topics again and again. Only without device lists, where the route
+        # depends on the topic alone.
+        self._route_cache: dict[str, tuple[Route, SourceFields]] = {}
+        self._route_cache_on = not any(route.devices for route in routes)
 
     def observe_clock(self, wall_ms: int, mono_ms: int, synced: bool) -> ClockChange:
         """Pass the gateway's clocks in; see :meth:`core.devicetime.DeviceClock.observe`."""
@@ -218,10 +224,19 @@ class Intake:
         Updates the dedup windows (only for samples of an accepted message) and
         the uptime estimates.
         """
-        routed = _routed(self.routes, source, topic, payload, received_ms)
-        if isinstance(routed, Rejected):
-            return routed
-        route, fields, decoded = routed
+        cached = self._route_cache.get(topic)
+        if cached is not None and payload.__class__ is not DamagedPayload:
+            route, fields = cached
+            decoded = None
+        else:
+            routed = _routed(self.routes, source, topic, payload, received_ms)
+            if isinstance(routed, Rejected):
+                return routed
+            route, fields, decoded = routed
+            if self._route_cache_on:
+                if len(self._route_cache) >= _ROUTE_CACHE_TOPICS:
+                    self._route_cache.clear()  # many distinct topics: start again rather than grow
+                self._route_cache[topic] = (route, fields)
         try:
             if decoded is not None:
                 samples = decoded
@@ -267,7 +282,7 @@ class Intake:
         if self._clock_observed and not self.clock.synced:
             unsynced = sum(1 for r in readings if r.time_source != TIME_DEVICE)
             self.clock.unsynced_readings += unsynced
-        records = encode_records(readings, provenance if any(provenance) else ())
+        records = encode_records(readings, provenance if any(provenance) else (), self._pack)
         return Accepted(route.stream, tuple(records), duplicates, unsynced)
 
     def _fingerprint(self, time_kind: int, time_ms: int, values: list[tuple[str, object]]) -> int:

@@ -17,7 +17,7 @@ the log after a crash.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -233,7 +233,8 @@ def encode_reading(reading: Reading, provenance: Provenance | None = None) -> by
 
 
 def encode_records(
-    readings: Sequence[Reading], provenance: Sequence[Provenance | None] = ()
+    readings: Sequence[Reading], provenance: Sequence[Provenance | None] = (),
+    pack: Callable[[object], bytes] | None = None,
 ) -> list[tuple[int, bytes]]:
     """``(ts_ms, payload)`` of each reading, as ``Log.append_many`` takes them.
 
@@ -244,8 +245,11 @@ def encode_records(
         readings: the readings, in order.
         provenance: parallel to ``readings``, each one's provenance or None;
             empty if no reading has any.
+        pack: the ``pack`` of a :func:`core.msgpack_codec.packer` the caller
+            owns (a new packer if None).
     """
-    pack = msgpack_codec.packer().pack
+    if pack is None:
+        pack = msgpack_codec.packer().pack
     if not provenance:
         return [(r.ts_ms, pack((r.device, r.metric, r.ts_ms, r.value, r.received_ms, r.time_source))) for r in readings]
     return [

@@ -162,11 +162,15 @@ class Gateway:
         # drain of the queue: a labelled metrics update per garbage message
         # would cost a flood more than its decode attempt.
         self._rejections_uncounted: dict[tuple[str, str], int] = {}
+        # Readings appended per stream, added to the metrics the same way.
+        self._readings_uncounted: dict[str, int] = {}
+        self._blocked = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failed = threading.Event()
         self.failure: BaseException | None = None
         _describe(metrics)
+        metrics.set("tidegate_intake_blocked", 0)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -253,13 +257,14 @@ class Gateway:
                 self._release_durable()
                 continue
             self._observe_clock()
-            self._write(message)
             # Take whatever else is already waiting, so it shares the next sync.
+            group = [message]
             for _ in range(self._queue.qsize()):
                 try:
-                    self._write(self._queue.get_nowait())
+                    group.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            self._write_group(group)
             self._maybe_summarise()
             self._release_durable()
             # Waking this thread and handing it the interpreter lock costs about
@@ -281,8 +286,69 @@ class Gateway:
             log.warning("gateway clock stepped by %d ms; uptime mappings re-based (%d readings so far were timed "
                         "by an unsynchronised clock)", change.jump_ms, self.intake.clock.unsynced_readings)
 
-    def _write(self, message: Message) -> None:
-        result = self.intake.classify(message.source, message.topic, message.payload, message.received_ms)
+    def _write_group(self, messages: list[Message]) -> None:
+        """Classify a group of messages, then append them in order.
+
+        Consecutive accepted messages of one stream are appended in one call
+        (one lock, one pass of the log's checks); if the log refuses that run,
+        nothing of it was written and each message goes on its own, so only
+        the refused readings become dead letters and a full quota is filled
+        message by message.
+        """
+        classify = self.intake.classify
+        results = [classify(m.source, m.topic, m.payload, m.received_ms) for m in messages]
+        index, count = 0, len(messages)
+        while index < count:
+            result = results[index]
+            end = index + 1
+            if result.__class__ is Accepted:
+                stream = result.stream  # type: ignore[union-attr]
+                while end < count and results[end].__class__ is Accepted and results[end].stream == stream:  # type: ignore[union-attr]
+                    end += 1
+            if end - index == 1 or not self._write_run(messages[index:end], results[index:end]):  # type: ignore[arg-type]
+                # Alone, or in a run the log refused: each message of it on its own (not in runs again).
+                for position in range(index, end):
+                    self._write(messages[position], results[position])
+            index = end
+
+    def _write_run(self, messages: list[Message], results: list[Accepted]) -> bool:
+        """Append accepted messages of one stream in one call; False if the log refused it (nothing written).
+
+        A run the quota has no room for is refused whole, without waiting:
+        message by message, the ones that fit are still written (and
+        acknowledged) before intake waits for space.
+        """
+        stream = results[0].stream
+        records = [record for result in results for record in result.records]
+        try:
+            last = self.log.append_many(stream, records, self.log_now())[-1]
+        except (RecordRejected, LogFull):
+            return False
+        offset = last - len(records)
+        for message, result in zip(messages, results):
+            offset += len(result.records)
+            self._settle(message, result, {stream: offset}, len(result.records))
+        return True
+
+    def _settle(self, message: Message, result: Accepted, needs: dict[str, int], appended: int,
+                held: bool = False) -> None:
+        """Count an appended message and queue its acknowledgement until ``needs`` is durable.
+
+        ``held``: a refused reading of it waits in a flood summary, and so does the acknowledgement.
+        """
+        uncounted = self._readings_uncounted
+        uncounted[result.stream] = uncounted.get(result.stream, 0) + appended
+        if result.unsynced:
+            self.metrics.inc("tidegate_readings_unsynced_total", result.unsynced)
+        if result.duplicates:
+            self.metrics.inc("tidegate_duplicates_total", result.duplicates, {"source": message.source})
+            needs = self._covering_pending(needs)
+        if held:
+            self._hold(message, needs)
+        else:
+            self._pending.append((message, needs))
+
+    def _write(self, message: Message, result: Accepted | Rejected | Duplicate) -> None:
         needs: dict[str, int] = {}
         if isinstance(result, Duplicate):
             # The first copy may still wait for its sync: acknowledge after it.
@@ -299,15 +365,8 @@ class Gateway:
                 # Some reading breaks the log's time rule and nothing was written:
                 # go reading by reading, so only the refused ones become dead letters.
                 appended, held = self._append_one_by_one(message, result.stream, result.readings, records, needs)
-            self.metrics.inc("tidegate_readings_in_total", appended, {"stream": result.stream})
-            if result.unsynced:
-                self.metrics.inc("tidegate_readings_unsynced_total", result.unsynced)
-            if result.duplicates:
-                self.metrics.inc("tidegate_duplicates_total", result.duplicates, {"source": message.source})
-                needs = self._covering_pending(needs)
-            if held:
-                self._hold(message, needs)
-                return
+            self._settle(message, result, needs, appended, held)
+            return
         elif not self._reject(result.letter, needs):
             self._hold(message, needs)
             return
@@ -344,7 +403,11 @@ class Gateway:
         return True
 
     def _count_rejections(self) -> None:
-        """Add the rejections counted since the last call to the metrics (before their messages are acknowledged)."""
+        """Add the readings and rejections counted since the last call to the metrics (before their messages are acknowledged)."""
+        if self._readings_uncounted:
+            readings, self._readings_uncounted = self._readings_uncounted, {}
+            for stream, n in readings.items():
+                self.metrics.inc("tidegate_readings_in_total", n, {"stream": stream})
         if self._rejections_uncounted:
             uncounted, self._rejections_uncounted = self._rejections_uncounted, {}
             for (name, reason), n in uncounted.items():
@@ -425,13 +488,16 @@ class Gateway:
             try:
                 offset = append()
             except LogFull as exc:
+                self._blocked = True
                 self.metrics.set("tidegate_intake_blocked", 1)
                 log.warning("log refuses new readings, intake paused: %s", exc)
                 self._release_durable()  # what is already written may still be acknowledged
                 if self._stop.wait(self.retry_s):
                     raise
                 continue
-            self.metrics.set("tidegate_intake_blocked", 0)
+            if self._blocked:
+                self._blocked = False
+                self.metrics.set("tidegate_intake_blocked", 0)
             return offset
 
     def _release_durable(self) -> None:
@@ -441,6 +507,7 @@ class Gateway:
         self.log.maybe_sync(int(time.monotonic() * 1000))  # group commit runs on the monotonic clock: wall-clock steps must not stall it
         durable: dict[str, int] = {}
         still_pending = []
+        acked = 0
         for message, needs in self._pending:
             for stream, offset in needs.items():
                 if stream not in durable:
@@ -450,8 +517,10 @@ class Gateway:
                     break
             else:
                 message.ack()
-                self.metrics.inc("tidegate_acks_total")
+                acked += 1
         self._pending = still_pending
+        if acked:
+            self.metrics.inc("tidegate_acks_total", acked)
 
     def _drain_pending(self, final: bool) -> None:
         sync = getattr(self.log, "sync", None)

@@ -106,6 +106,50 @@ def test_a_reading_the_time_rule_refuses_becomes_a_dead_letter_and_the_writer_go
     assert metrics.get("tidegate_rejected_total", {"reason": "early"}) == 1
 
 
+def test_a_group_of_messages_is_decided_and_acknowledged_as_one_by_one() -> None:
+    """Messages queued together are appended in runs; a refused reading, garbage and a repeat in the middle change nothing."""
+    from core.log import Log, LogConfig
+    from tests.unit.log.memfs import MemFS
+
+    now_ms = 1_767_225_600_000
+    early = now_ms + 86_400_000
+    messages = [
+        ("a", b'{"ts": %d, "value": 1}' % now_ms),
+        ("b", b'[{"ts": %d, "value": 2}, {"ts": %d, "value": 9}]' % (now_ms + 1, early)),  # one reading a day ahead
+        ("c", b'{"ts": %d, "value": 3}' % (now_ms + 2)),
+        ("garbage", b"{not json"),
+        ("again", b'{"ts": %d, "value": 1}' % now_ms),  # a copy of a: a duplicate
+        ("d", b'[{"ts": %d, "value": 4}, {"ts": %d, "value": 5}]' % (now_ms + 3, now_ms + 4)),
+        ("e", b'{"ts": %d, "value": 6}' % (now_ms + 5)),
+    ]
+    outcomes = []
+    for gather_s in (0.0, 0.002):
+        real_log = Log(MemFS(), LogConfig(sync_policy="always"))
+        acked: list[str] = []
+        metrics = Metrics()
+        gateway = Gateway(real_log, ROUTES, metrics, clock=lambda: now_ms / 1000, gather_s=gather_s)
+        if gather_s:
+            # queued before the writer starts: the writer takes all seven as one group
+            for name, payload in messages:
+                gateway.submit(Message("mqtt", "sensors/n1/t", payload, now_ms, lambda name=name: acked.append(name)))
+            gateway.start()
+        else:
+            gateway.start()
+            for name, payload in messages:  # one at a time
+                gateway.submit(Message("mqtt", "sensors/n1/t", payload, now_ms, lambda name=name: acked.append(name)))
+                wait_for(lambda name=name: name in acked)
+        gateway.stop()
+        assert sorted(acked) == sorted(name for name, _ in messages)
+        outcomes.append((
+            [(r.offset, decode_reading(r.payload).value) for r in real_log.read("sensors", 0)],
+            [decode_dead_letter(r.payload).reason for r in real_log.read(DEAD_LETTER_STREAM, 0)],
+            metrics.total("tidegate_readings_in_total"), metrics.total("tidegate_duplicates_total"),
+            metrics.total("tidegate_acks_total"),
+        ))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1] == ([(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)], ["early", "bad_json"], 6, 1, 7)
+
+
 def test_after_a_restart_a_redelivered_message_is_not_written_twice() -> None:
     from core.log import Log, LogConfig
     from tests.unit.log.memfs import MemFS

@@ -196,3 +196,23 @@ def test_device_lists_come_from_the_config_file() -> None:
     config = parse_config('[[routes]]\ntemplate = "site/#"\nstream = "pumps"\ndevices = ["pump-*", "p?"]\n', env={})
     (route,) = config.routes
     assert route.devices == ("pump-*", "p?") and route.takes_devices(["pump-9", "p1"])
+
+
+def test_a_topics_route_is_remembered_within_a_bound_and_only_without_device_lists() -> None:
+    import core.intake
+
+    intake = Intake(ROUTES)
+    for i in range(core.intake._ROUTE_CACHE_TOPICS + 10):
+        result = intake.classify("mqtt", f"sites/s/sensors/n{i}/temp", b'{"ts": 10, "value": 1}', 11)
+        assert isinstance(result, Accepted) and result.readings[0].device == f"n{i}"
+    assert 0 < len(intake._route_cache) <= core.intake._ROUTE_CACHE_TOPICS
+    # A remembered topic still turns a damaged payload into its dead letter.
+    damaged = intake.classify("mqtt", "sites/s/sensors/n1/temp", DamagedPayload(b"x", "bad_crc", "CRC mismatch"), 12)
+    assert isinstance(damaged, Rejected) and damaged.letter.reason == "bad_crc"
+    # With device lists the route depends on the payload: the same topic goes where its devices say.
+    by_device = Intake(DEVICE_ROUTES)
+    pump = by_device.classify("mqtt", "site/x/flow", b'{"d": "pump-1", "ts": 10, "v": 1}', 11)
+    other = by_device.classify("mqtt", "site/x/flow", b'{"d": "meter-1", "m": "flow", "ts": 10, "v": 1}', 11)
+    assert isinstance(pump, Accepted) and isinstance(other, Accepted)
+    assert (pump.stream, other.stream) == ("pumps", "other")
+    assert by_device._route_cache == {}
