@@ -169,6 +169,7 @@ def drain_tidegate(port: int, client_id: str, expected: int, data_dir: Path) -> 
         gateway.submit(Message("mqtt", received.topic, received.payload, int(time.time() * 1000), lambda: acknowledge(received)))
 
     intake = MqttIntake(MqttConfig(port=port, client_id=client_id, subscriptions=("sensors/#",)), on_message)
+    gateway.ack_batch = intake.batched_acks  # as tidegate/app.py wires them
     gateway.start()
     cpu = time.process_time()
     start = time.perf_counter()

@@ -38,6 +38,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -121,6 +122,11 @@ class Gateway:
         gather_s: how long the writer waits after taking what was queued
             before it looks again, so that messages arriving one by one are
             taken in groups (see ``_loop``); 0 takes each as it comes.
+
+    Attributes:
+        ack_batch: a context manager the writer acknowledges each batch of
+            durable messages inside (``MqttIntake.batched_acks``, which wakes
+            paho's thread once per batch); by default none.
     """
 
     def __init__(
@@ -140,6 +146,7 @@ class Gateway:
     ) -> None:
         self.log = log_sink
         self.gather_s = gather_s
+        self.ack_batch: Callable[[], AbstractContextManager[object]] = nullcontext
         self.remember_records = remember_records
         self.remembered = 0
         self.routes = routes
@@ -507,7 +514,7 @@ class Gateway:
         self.log.maybe_sync(int(time.monotonic() * 1000))  # group commit runs on the monotonic clock: wall-clock steps must not stall it
         durable: dict[str, int] = {}
         still_pending = []
-        acked = 0
+        releasable = []
         for message, needs in self._pending:
             for stream, offset in needs.items():
                 if stream not in durable:
@@ -516,11 +523,13 @@ class Gateway:
                     still_pending.append((message, needs))
                     break
             else:
-                message.ack()
-                acked += 1
+                releasable.append(message)
         self._pending = still_pending
-        if acked:
-            self.metrics.inc("tidegate_acks_total", acked)
+        if releasable:
+            with self.ack_batch():
+                for message in releasable:
+                    message.ack()
+            self.metrics.inc("tidegate_acks_total", len(releasable))
 
     def _drain_pending(self, final: bool) -> None:
         sync = getattr(self.log, "sync", None)

@@ -28,6 +28,17 @@ intake subscribes to it and reports its value through ``on_broker_dropped``
 and a warning: for the first value seen if it is not zero (drops that happened
 while tidegate was away, or before it started; the counter is the broker's,
 since its start, for all clients), and for every rise after that.
+
+Acknowledgements come from the gateway's writer thread, a batch at a time
+(every message the last group commit made durable). paho wakes its network
+thread, asleep in ``select()``, by writing a byte to a socket pair for every
+packet queued from another thread: for a batch of N acknowledgements, N system
+calls and N wake-ups of a thread that then fights the writer for the
+interpreter lock, which cost more CPU than the acknowledgements themselves.
+:meth:`MqttIntake.batched_acks` queues a batch with those bytes held back
+(:class:`_WakeOnce`) and sends one at the end. It relies on paho's private
+``_sockpairW``; if paho has none (or changes it), acknowledgements go out
+the plain way.
 """
 
 from __future__ import annotations
@@ -36,8 +47,10 @@ import json
 import logging
 import os
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +109,42 @@ class Received:
     mid: int
     qos: int
     duplicate: bool
+
+
+class _WakeOnce:
+    """Stands in for paho's wake-up socket: while held, wake-up bytes are not sent, and one is sent on release.
+
+    Holding is safe for paho's own thread too: a packet it queues while held
+    is written on its next pass through ``select()``, which the release's byte
+    (or the socket being writable) makes at once.
+    """
+
+    def __init__(self, sock: object) -> None:
+        self.sock = sock
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        if self._held:
+            return len(data)
+        return self.sock.send(data)  # type: ignore[attr-defined, no-any-return]
+
+    def hold(self) -> None:
+        with self._lock:
+            self._held += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._held -= 1
+            if self._held:
+                return
+        try:
+            self.sock.send(b"0")  # type: ignore[attr-defined]
+        except OSError:
+            pass  # full (a wake-up is pending anyway) or closed (paho is making a new pair)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
 
 
 class SessionMarker:
@@ -242,6 +291,22 @@ class MqttIntake:
     def ack(self, message: Received) -> None:
         """Acknowledge a message the log now holds durably. Safe from any thread."""
         self._client.ack(message.mid, message.qos)
+
+    @contextmanager
+    def batched_acks(self) -> Iterator[None]:
+        """Acknowledgements made inside wake paho's network thread once, at the end, instead of once each."""
+        wake = getattr(self._client, "_sockpairW", None)
+        if wake is None or not hasattr(wake, "send"):
+            yield
+            return
+        if not isinstance(wake, _WakeOnce):
+            wake = _WakeOnce(wake)
+            self._client._sockpairW = wake  # type: ignore[assignment]
+        wake.hold()
+        try:
+            yield
+        finally:
+            wake.release()
 
     def _handle_connect(self, client: paho.Client, userdata: object, flags: paho.ConnectFlags,
                         reason: paho.ReasonCode, properties: Properties | None) -> None:

@@ -556,6 +556,7 @@ class Service:
             state_dir=self.config.data_dir,  # the session marker: a lost session is seen on the first connect too
         )
         self.intake = intake
+        self.gateway.ack_batch = intake.batched_acks
         try:
             intake.start()
         except BrokerUnavailable as exc:

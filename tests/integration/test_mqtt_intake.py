@@ -70,6 +70,48 @@ def start_and_subscribe(config: MqttConfig, state_dir: Path | None, **kwargs: ob
     return intake, events
 
 
+def test_acknowledgements_batched_from_another_thread_all_reach_the_broker(mosquitto: Mosquitto) -> None:
+    """batched_acks holds paho's per-packet wake-ups back: every acknowledgement still goes out, promptly."""
+    config = MqttConfig(port=mosquitto.port, client_id="gw-batched-acks", subscriptions=("sensors/#",))
+    first: list[Received] = []
+    intake = MqttIntake(config, first.append)
+    intake.start()
+    try:
+        wait_for(lambda: intake._client.is_connected())
+        time.sleep(0.2)  # subscription in place
+        publish(mosquitto.port, "sensors/n1", [f'{{"value": {i}}}' for i in range(60)])
+        wait_for(lambda: len(first) == 60)
+
+        def writer() -> None:  # as the gateway's writer thread acknowledges a group commit's messages
+            with intake.batched_acks():
+                for message in first[:50]:
+                    intake.ack(message)
+            with intake.batched_acks(), intake.batched_acks():  # nested: one wake-up, at the outer end
+                intake.ack(first[50])
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        thread.join(10)
+        # Sent without any other traffic to wake the network thread: the one wake-up did it.
+        wait_for(lambda: not intake._client.want_write(), timeout=0.4)  # paho would sleep up to 1 s in select()
+        time.sleep(0.3)
+    finally:
+        intake.stop()  # the last nine were never acknowledged
+
+    second: list[Received] = []
+    intake = MqttIntake(config, second.append)
+    intake.start()
+    try:
+        wait_for(lambda: len(second) >= 9)
+        time.sleep(0.5)
+        assert sorted(m.payload for m in second) == sorted(m.payload for m in first[51:])
+        with intake.batched_acks():
+            for message in second:
+                intake.ack(message)
+    finally:
+        intake.stop()
+
+
 def test_messages_queued_while_the_gateway_is_away_are_delivered(mosquitto: Mosquitto, tmp_path: Path) -> None:
     config = MqttConfig(port=mosquitto.port, client_id="gw-offline", subscriptions=("sensors/#",))
     intake, _ = start_and_subscribe(config, tmp_path)
