@@ -31,16 +31,26 @@ def publish(port: int, topic: str, payloads: list[str]) -> None:
     )
 
 
-def test_unacknowledged_messages_come_back_after_a_restart_of_the_gateway(mosquitto: Mosquitto) -> None:
-    config = MqttConfig(port=mosquitto.port, client_id="gw-redelivery", subscriptions=("sensors/#",))
-    first: list[Received] = []
-    intake = MqttIntake(config, first.append)
+def receiving(mosquitto: Mosquitto, config: MqttConfig, count: int) -> tuple[MqttIntake, list[Received]]:
+    """A started intake, subscribed, that has received ``count`` messages published for the test (none acknowledged)."""
+    received: list[Received] = []
+    intake = MqttIntake(config, received.append)
     intake.start()
     try:
         wait_for(lambda: intake._client.is_connected())
         time.sleep(0.2)  # subscription in place
-        publish(mosquitto.port, "sensors/n1", [f'{{"value": {i}}}' for i in range(10)])
-        wait_for(lambda: len(first) == 10)
+        publish(mosquitto.port, "sensors/n1", [f'{{"value": {i}}}' for i in range(count)])
+        wait_for(lambda: len(received) == count)
+    except BaseException:
+        intake.stop()
+        raise
+    return intake, received
+
+
+def test_unacknowledged_messages_come_back_after_a_restart_of_the_gateway(mosquitto: Mosquitto) -> None:
+    config = MqttConfig(port=mosquitto.port, client_id="gw-redelivery", subscriptions=("sensors/#",))
+    intake, first = receiving(mosquitto, config, 10)
+    try:
         for message in first[:4]:  # the log holds only these four durably
             intake.ack(message)
         time.sleep(0.2)
@@ -73,15 +83,8 @@ def start_and_subscribe(config: MqttConfig, state_dir: Path | None, **kwargs: ob
 def test_acknowledgements_batched_from_another_thread_all_reach_the_broker(mosquitto: Mosquitto) -> None:
     """batched_acks holds paho's per-packet wake-ups back: every acknowledgement still goes out, promptly."""
     config = MqttConfig(port=mosquitto.port, client_id="gw-batched-acks", subscriptions=("sensors/#",))
-    first: list[Received] = []
-    intake = MqttIntake(config, first.append)
-    intake.start()
+    intake, first = receiving(mosquitto, config, 60)
     try:
-        wait_for(lambda: intake._client.is_connected())
-        time.sleep(0.2)  # subscription in place
-        publish(mosquitto.port, "sensors/n1", [f'{{"value": {i}}}' for i in range(60)])
-        wait_for(lambda: len(first) == 60)
-
         def writer() -> None:  # as the gateway's writer thread acknowledges a group commit's messages
             with intake.batched_acks():
                 for message in first[:50]:
