@@ -102,6 +102,12 @@ def _describe(metrics: Metrics) -> None:
     metrics.describe("tidegate_clock_jump_ms", "gauge", "Size of the last wall-clock step seen, in ms")
 
 
+# A run of messages appended in one call stops growing at this many records:
+# runs that size already share the log's per-call costs, and a bigger one
+# that had to roll a segment would go record by record.
+_RUN_RECORDS = 4096
+
+
 class Gateway:
     """Owns the writer thread between the transports and the log.
 
@@ -310,7 +316,10 @@ class Gateway:
             end = index + 1
             if result.__class__ is Accepted:
                 stream = result.stream  # type: ignore[union-attr]
-                while end < count and results[end].__class__ is Accepted and results[end].stream == stream:  # type: ignore[union-attr]
+                records = len(result.records)  # type: ignore[union-attr]
+                while (end < count and records < _RUN_RECORDS and results[end].__class__ is Accepted
+                       and results[end].stream == stream):  # type: ignore[union-attr]
+                    records += len(results[end].records)  # type: ignore[union-attr]
                     end += 1
             if end - index == 1 or not self._write_run(messages[index:end], results[index:end]):  # type: ignore[arg-type]
                 # Alone, or in a run the log refused: each message of it on its own (not in runs again).

@@ -40,6 +40,7 @@ import errno as errno_names
 import heapq
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from core.log import _policy as policy
 from core.log import format as fmt
@@ -50,6 +51,9 @@ from core.log._errors import (
 from core.log._fs import FileSystem
 from core.log._scan import Damage, FrameScanner, Reporter
 from core.log._segment import BATCH_OVERHEAD, Segment, on_disk
+
+_first, _second = itemgetter(0), itemgetter(1)
+_INT_ONLY, _BYTES_ONLY = {int}, {bytes}
 
 __all__ = ["Log", "LogRecord", "RecoveryReport", "DeleteResult", "PENDING_WRITE_BYTES", "DEFAULT_MAX_READ_BYTES"]
 
@@ -434,11 +438,11 @@ class Log:
             st = self._new_stream(stream)
         if not records:
             return range(st.end, st.end)
-        times = [r[0] for r in records]
-        payloads = [r[1] for r in records]
+        times = list(map(_first, records))
+        payloads = list(map(_second, records))
         # Fast path (the common case: bytes payloads, int times, all in one window): check the
         # extremes only, add all records to the segment in one go. Anything else goes record by record.
-        fast = all(type(t) is int for t in times) and all(type(p) is bytes for p in payloads)
+        fast = {*map(type, times)} == _INT_ONLY and {*map(type, payloads)} == _BYTES_ONLY
         if fast:
             low, high = min(times), max(times)
             fast = fmt.MIN_TS <= low and high <= fmt.MAX_TS and max(map(len, payloads)) <= fmt.MAX_PAYLOAD_BYTES

@@ -150,6 +150,38 @@ def test_a_group_of_messages_is_decided_and_acknowledged_as_one_by_one() -> None
     assert outcomes[1] == ([(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)], ["early", "bad_json"], 6, 1, 7)
 
 
+def test_a_big_group_is_appended_in_runs_of_bounded_size() -> None:
+    from core.log import Log, LogConfig
+    from edge.gateway import _RUN_RECORDS
+    from tests.unit.log.memfs import MemFS
+
+    class CountingLog:
+        def __init__(self) -> None:
+            self.log = Log(MemFS(), LogConfig(sync_policy="always"))
+            self.calls: list[int] = []
+
+        def append_many(self, stream, records, now_ms):  # type: ignore[no-untyped-def]
+            self.calls.append(len(records))
+            return self.log.append_many(stream, records, now_ms)
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self.log, name)
+
+    now_ms = 1_767_225_600_000
+    counting = CountingLog()
+    acked: list[int] = []
+    gateway = Gateway(counting, ROUTES, Metrics(), clock=lambda: now_ms / 1000, queue_size=200)  # type: ignore[arg-type]
+    for i in range(150):  # queued before the writer starts: one group of 7,500 readings
+        pack = b"[" + b",".join(b'{"ts": %d, "value": %d}' % (now_ms - 10_000 + i * 50 + k, k) for k in range(50)) + b"]"
+        gateway.submit(Message("mqtt", "sensors/n1/t", pack, now_ms, lambda i=i: acked.append(i)))
+    gateway.start()
+    gateway.stop()
+    assert sorted(acked) == list(range(150))
+    assert sum(counting.calls) == 7_500 and len(counting.calls) > 1
+    assert max(counting.calls) < _RUN_RECORDS + 50  # a run stops once it reaches the bound
+    assert [r.offset for r in counting.log.read("sensors", 0, 10_000)] == list(range(7_500))
+
+
 def test_after_a_restart_a_redelivered_message_is_not_written_twice() -> None:
     from core.log import Log, LogConfig
     from tests.unit.log.memfs import MemFS
