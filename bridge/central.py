@@ -43,12 +43,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -449,14 +451,98 @@ def load_state(reader: object, config: CentralConfig, partitions: set[int], expa
         reader.unassign()  # type: ignore[attr-defined]
 
 
-def produce(producer: object, topic: str, key: bytes | None, value: bytes, **kwargs: object) -> None:
-    """``producer.produce``, waiting while librdkafka's local queue is full."""
+def produce(producer: object, topic: str, key: bytes | None, value: bytes, *, wait_s: float = 60.0,
+            **kwargs: object) -> None:
+    """``producer.produce``, waiting while librdkafka's local queue is full.
+
+    Raises:
+        KafkaException: the queue stayed full for ``wait_s`` (nothing is being
+            delivered); the transaction fails and is recovered.
+    """
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             producer.produce(topic, value=value, key=key, **kwargs)  # type: ignore[attr-defined]
             return
         except BufferError:
+            if time.monotonic() > deadline:
+                from confluent_kafka import KafkaError, KafkaException
+
+                raise KafkaException(KafkaError(KafkaError._QUEUE_FULL,  # type: ignore[attr-defined]
+                                                f"local queue full for {wait_s:.0f} s producing to {topic}")) from None
             producer.poll(0.05)  # type: ignore[attr-defined]
+
+
+#: The exit status of ``python -m bridge.central`` when a transaction is stuck (see :class:`StallWatch`).
+EXIT_STALLED = 3
+#: Seconds a transaction may run past two operation timeouts before it counts as stuck.
+STALL_MARGIN_S = 5.0
+
+
+class StallWatch:
+    """Calls ``on_stall`` once when a watched stretch of code runs longer than ``limit_s``.
+
+    librdkafka's transactional calls take a timeout, but some states of its
+    transaction manager wait without one (librdkafka issues 3013 and 4420:
+    ``send_offsets_to_transaction`` and ``begin_transaction`` waiting for
+    ever). An expander caught in one is alive and silent: its batches wait,
+    and the broker aborts its transaction after ``transaction.timeout.ms``.
+    Only a new process gets out of it, and exactly-once is kept across that,
+    because the new producer's ``init_transactions`` fences the old one and
+    the new instance resumes from the committed offsets and state. So
+    ``python -m bridge.central`` exits with :data:`EXIT_STALLED` for its
+    supervisor (systemd, the fault harness) to start it again.
+
+    Args:
+        limit_s: how long one watched stretch may run.
+        on_stall: called from the watch's thread, at most once.
+        clock: monotonic seconds (injected for tests).
+        tick_s: how often the watch looks.
+    """
+
+    def __init__(self, limit_s: float, on_stall: Callable[[float], None], clock: Callable[[], float] = time.monotonic,
+                 tick_s: float = 1.0) -> None:
+        self.limit_s = limit_s
+        self._on_stall = on_stall
+        self._clock = clock
+        self._tick_s = tick_s
+        self._since: float | None = None
+        self._fired = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tidegate-stall-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        self._since = self._clock()
+        try:
+            yield
+        finally:
+            self._since = None
+
+    def check(self) -> bool:
+        """Fire if the stretch being watched has run past the limit; True if it fired now."""
+        since = self._since
+        if since is None or self._fired:
+            return False
+        stalled = self._clock() - since
+        if stalled <= self.limit_s:
+            return False
+        self._fired = True
+        self._on_stall(stalled)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._tick_s):
+            self.check()
 
 
 class KafkaExpander:
@@ -470,10 +556,16 @@ class KafkaExpander:
             partition count differs from the batch topic's.
     """
 
-    def __init__(self, config: CentralConfig, on_transaction: Callable[[ExpanderStats], None] | None = None) -> None:
+    def __init__(self, config: CentralConfig, on_transaction: Callable[[ExpanderStats], None] | None = None,
+                 on_stall: Callable[[float], None] | None = None) -> None:
         from confluent_kafka import Consumer  # imported here: only the shell needs librdkafka
 
         self.config = config
+        # A transaction's calls each give up after the operation timeout (send
+        # the offsets, commit), so one that runs past two of them and a margin
+        # is stuck; recovery after a failure is not watched (it has its own deadline).
+        self._watch = (StallWatch(2 * config.operation_timeout_s + STALL_MARGIN_S, on_stall)
+                       if on_stall is not None else None)
         self.stats = ExpanderStats()
         self.expander = Expander(config.value_format)
         self._on_transaction = on_transaction
@@ -508,6 +600,8 @@ class KafkaExpander:
             [self.config.batch_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
         deadline = None if duration_s is None else time.monotonic() + duration_s
+        if self._watch is not None:
+            self._watch.start()
         try:
             while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 messages = self._consumer.consume(self.config.max_batches, self.config.poll_timeout_s)
@@ -523,6 +617,8 @@ class KafkaExpander:
                 if batch_messages:
                     self._transact(batch_messages)
         finally:
+            if self._watch is not None:
+                self._watch.stop()
             self.close()
         return self.stats
 
@@ -628,18 +724,19 @@ class KafkaExpander:
         counts = ExpanderStats()
         next_offsets: dict[int, int] = {}
         try:
-            producer.begin_transaction()
-            for message in messages:
-                next_offsets[message.partition()] = message.offset() + 1
-                self._expand_one(producer, message, counts)
-            for key, value in self.expander.pending().items():
-                self._produce(producer, self.config.state_topic, key.encode(), value,
-                              partition=self._key_partition[key])
-            offsets = [TopicPartition(self.config.batch_topic, p, o) for p, o in sorted(next_offsets.items())]
-            producer.send_offsets_to_transaction(
-                offsets, self._consumer.consumer_group_metadata(), self.config.operation_timeout_s
-            )
-            producer.commit_transaction(self.config.operation_timeout_s)
+            with self._watch.watching() if self._watch is not None else nullcontext():
+                producer.begin_transaction()
+                for message in messages:
+                    next_offsets[message.partition()] = message.offset() + 1
+                    self._expand_one(producer, message, counts)
+                for key, value in self.expander.pending().items():
+                    self._produce(producer, self.config.state_topic, key.encode(), value,
+                                  partition=self._key_partition[key])
+                offsets = [TopicPartition(self.config.batch_topic, p, o) for p, o in sorted(next_offsets.items())]
+                producer.send_offsets_to_transaction(
+                    offsets, self._consumer.consumer_group_metadata(), self.config.operation_timeout_s
+                )
+                producer.commit_transaction(self.config.operation_timeout_s)
         except KafkaException as exc:
             self.expander.rollback()
             log.warning("transaction failed, recovering: %s", exc)
@@ -773,6 +870,15 @@ def _settings(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _exit_stalled(seconds: float) -> None:
+    """Leave at once: a transaction stuck inside librdkafka cannot be ended from Python (see StallWatch)."""
+    log.critical("a transaction has been stuck for %.0f s inside librdkafka; exiting with status %d so that a new "
+                 "instance takes over (its transactional.id fences this one; nothing is lost or duplicated)",
+                 seconds, EXIT_STALLED)
+    logging.shutdown()
+    os._exit(EXIT_STALLED)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -800,7 +906,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         runner = MqttBatchSource.from_address(args.mqtt, config, on_transaction=status if args.status else None)
     else:
-        runner = KafkaExpander(config, on_transaction=status if args.status else None)
+        runner = KafkaExpander(config, on_transaction=status if args.status else None, on_stall=_exit_stalled)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     try:
         stats = runner.run(duration_s=args.duration)

@@ -155,3 +155,82 @@ def test_an_invalid_batch_raises_and_changes_nothing() -> None:
     with pytest.raises(BatchFormatError):
         expander.expand(bytes(data))
     assert expander.pending() == {}
+
+
+# -- the stall watch ---------------------------------------------------------
+
+
+def test_the_stall_watch_fires_once_for_a_stretch_that_runs_past_its_limit() -> None:
+    from bridge.central import StallWatch
+
+    now = [100.0]
+    fired: list[float] = []
+    watch = StallWatch(10.0, fired.append, clock=lambda: now[0])
+    now[0] += 60
+    assert not watch.check()  # nothing watched: an idle expander is not stuck
+    with watch.watching():
+        now[0] += 10
+        assert not watch.check()
+        now[0] += 0.5
+        assert watch.check() and fired == [10.5]
+        now[0] += 30
+        assert not watch.check() and fired == [10.5]  # at most once
+
+
+def test_a_transaction_stuck_inside_the_producer_is_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    import time
+
+    from bridge import central
+
+    monkeypatch.setattr(central, "STALL_MARGIN_S", 0.2)
+    stalled: list[float] = []
+    release = threading.Event()
+
+    class StuckProducer:
+        """Stands in for a producer whose commit waits for ever (librdkafka issue 3013's shape)."""
+
+        def begin_transaction(self) -> None: ...
+        def produce(self, *args: object, **kwargs: object) -> None: ...
+        def send_offsets_to_transaction(self, *args: object) -> None: ...
+        def poll(self, timeout: float) -> None: ...
+
+        def commit_transaction(self, timeout: float) -> None:
+            release.wait(10)
+
+    config = central.CentralConfig(bootstrap="127.0.0.1:9", batch_topic="b", readings_topic="r",
+                                   operation_timeout_s=0.1)
+    expander = central.KafkaExpander(config, on_stall=stalled.append)
+    try:
+        expander._producer = StuckProducer()  # type: ignore[assignment]
+        expander._watch._tick_s = 0.05  # type: ignore[union-attr]
+        expander._watch.start()  # type: ignore[union-attr]
+        stuck = threading.Thread(target=expander._transact, args=([],))
+        stuck.start()
+        deadline = time.monotonic() + 5
+        while not stalled and time.monotonic() < deadline:
+            time.sleep(0.02)
+        release.set()
+        stuck.join(5)
+        assert len(stalled) == 1 and stalled[0] > 0.4
+        assert expander.stats.transactions == 1
+    finally:
+        release.set()
+        expander._watch.stop()  # type: ignore[union-attr]
+        expander.close()
+
+
+def test_a_stalled_expander_process_exits_with_its_own_status() -> None:
+    import subprocess
+    import sys
+
+    from bridge.central import EXIT_STALLED
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import logging; logging.basicConfig(); import bridge.central as c; c._exit_stalled(70.4)"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == EXIT_STALLED == 3
+    assert "stuck for 70 s inside librdkafka" in done.stderr
