@@ -178,6 +178,7 @@ class Gateway:
         # Readings appended per stream, added to the metrics the same way.
         self._readings_uncounted: dict[str, int] = {}
         self._blocked = False
+        self._received_counters: dict[str, Callable[[float], None]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failed = threading.Event()
@@ -205,7 +206,11 @@ class Gateway:
 
     def submit(self, message: Message) -> None:
         """Queue a message; blocks while the queue is full (that is the backpressure)."""
-        self.metrics.inc("tidegate_messages_received_total", labels={"source": message.source})
+        count = self._received_counters.get(message.source)
+        if count is None:
+            count = self._received_counters[message.source] = self.metrics.counter(
+                "tidegate_messages_received_total", {"source": message.source})
+        count(1)
         while not self._stop.is_set():
             try:
                 self._queue.put(message, timeout=0.5)

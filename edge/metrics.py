@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 __all__ = ["Metrics", "Histogram", "LATENCY_BUCKETS", "SIZE_BUCKETS"]
 
@@ -123,6 +123,17 @@ class Metrics:
         key = (name, _labels(labels))
         with self._lock:
             self._values[key] = self._values.get(key, 0) + amount
+
+    def counter(self, name: str, labels: Mapping[str, str] | None = None) -> Callable[[float], None]:
+        """``inc`` of one series, its key worked out once: for a count taken per message."""
+        key = (name, _labels(labels))
+        lock, values = self._lock, self._values
+
+        def inc(amount: float = 1) -> None:
+            with lock:
+                values[key] = values.get(key, 0) + amount
+
+        return inc
 
     def set(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
         with self._lock:

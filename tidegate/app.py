@@ -542,8 +542,10 @@ class Service:
             log.info("started Mosquitto on 127.0.0.1:%d", self.broker.port)
         self.gateway.start()
 
+        count_bytes = self.metrics.counter("tidegate_intake_bytes_total", {"source": "mqtt"})
+
         def on_message(received: Received) -> None:
-            self.metrics.inc("tidegate_intake_bytes_total", len(received.payload) + len(received.topic), {"source": "mqtt"})
+            count_bytes(len(received.payload) + len(received.topic))
             self.gateway.submit(
                 Message("mqtt", received.topic, received.payload, int(self.clock() * 1000), lambda: intake.ack(received))
             )

@@ -202,3 +202,13 @@ def test_recent_errors_keep_warnings_only() -> None:
     finally:
         logger.removeHandler(recent)
     assert [r["message"] for r in recent.records] == ["bad 1", "bad 2"]
+
+
+def test_a_bound_counter_adds_to_the_same_series_as_inc() -> None:
+    metrics = Metrics()
+    count = metrics.counter("tidegate_intake_bytes_total", {"source": "mqtt"})
+    count(10)
+    metrics.inc("tidegate_intake_bytes_total", 5, {"source": "mqtt"})
+    count(1)
+    assert metrics.get("tidegate_intake_bytes_total", {"source": "mqtt"}) == 16
+    assert metrics.total("tidegate_intake_bytes_total") == 16
