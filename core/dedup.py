@@ -215,14 +215,14 @@ class ContentDedup:
             each one is new.
         """
         current, previous = self._current, self._previous
-        room = self._generation - len(current)
-        if len(keys) < room and current.isdisjoint(keys) and previous.isdisjoint(keys):
-            before = len(current)
-            current.update(keys)
-            if len(current) - before == len(keys):
+        if len(keys) < self._generation - len(current):
+            # Hashed once, into a set of their own: the set operations below
+            # reuse those hashes (a tuple does not keep its hash).
+            batch = set(keys)
+            if len(batch) == len(keys) and current.isdisjoint(batch) and previous.isdisjoint(batch):
+                current |= batch
                 return None
-            # A key repeated inside the pack: undo, and judge key by key.
-            current.difference_update(keys)
+        # A key seen before, or repeated inside the pack, or a generation ends: key by key.
         return [self.check(*key[:3], key[4]) == NEW for key in keys]
 
     def __len__(self) -> int:
