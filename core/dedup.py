@@ -146,6 +146,26 @@ class Dedup:
         return len(self._windows)
 
 
+class _Values(list):  # type: ignore[type-arg]
+    """Several values seen at one device time of one series (distinct readings at one time)."""
+
+
+_MISSING = object()
+
+
+def _holds(times: dict[int, object] | None, ts_ms: int, value: object) -> bool:
+    """Whether ``times`` (one series' map of device time to value) has this value at this time."""
+    if times is None:
+        return False
+    seen = times.get(ts_ms, _MISSING)
+    if seen is _MISSING:
+        return False
+    # The class keeps 1, 1.0 and True apart (they are equal).
+    if seen.__class__ is _Values:
+        return any(v.__class__ is value.__class__ and v == value for v in seen)  # type: ignore[attr-defined]
+    return seen.__class__ is value.__class__ and seen == value
+
+
 class ContentDedup:
     """The most recent readings without sequence numbers, by content.
 
@@ -153,12 +173,15 @@ class ContentDedup:
     timed by the device's own clock are judged: a time the gateway supplied
     changes on every delivery, so it identifies nothing.
 
-    The keys are kept in two generations of sets: new keys go into the
-    current one, and when it holds ``max_keys // 2`` it becomes the previous
-    one and the old previous one is forgotten. So at least the last
-    ``max_keys // 2`` keys, and at most ``max_keys``, are remembered, and a
-    whole pack is judged and remembered with a few set operations that run
-    in C (:meth:`fresh_keys`) instead of an ordered map updated key by key.
+    How the keys are kept: per series (device, metric), a map from device time
+    to the value seen at that time (a list of them when distinct readings share
+    a time). So a pack of one series, the common case, is judged with one
+    disjointness test of its times against the series' map, and remembered
+    with one update: integers hash to themselves, and no object is made per
+    reading. The maps come in two generations: new keys go into the current
+    one, and when it holds ``max_keys // 2`` keys it becomes the previous one
+    and the old previous one is forgotten. So at least the last
+    ``max_keys // 2`` keys, and at most ``max_keys``, are remembered.
 
     Args:
         max_keys: at most how many recent keys are remembered (at least half of them).
@@ -169,61 +192,76 @@ class ContentDedup:
             raise LocalError("ContentDedup max_keys must be at least 2")
         self.max_keys = max_keys
         self._generation = max_keys // 2
-        self._current: set[tuple[object, ...]] = set()
-        self._previous: set[tuple[object, ...]] = set()
+        self._current: dict[tuple[str, str], dict[int, object]] = {}
+        self._previous: dict[tuple[str, str], dict[int, object]] = {}
+        self._current_keys = 0
+        self._previous_keys = 0
         self.duplicates = 0
 
     def check(self, device: str, metric: str, ts_ms: int, value: object) -> int:
         """:data:`NEW` (and now remembered) or :data:`DUPLICATE` (counted)."""
-        # The class keeps 1, 1.0 and True apart (they are equal and hash alike).
-        key = (device, metric, ts_ms, value.__class__, value)
-        if key in self._current or key in self._previous:
+        series = (device, metric)
+        if _holds(self._current.get(series), ts_ms, value) or _holds(self._previous.get(series), ts_ms, value):
             self.duplicates += 1
             return DUPLICATE
-        self._remember(key)
+        self._remember(series, ts_ms, value)
         return NEW
 
-    def _remember(self, key: tuple[object, ...]) -> None:
-        self._current.add(key)
-        if len(self._current) >= self._generation:
-            self._previous, self._current = self._current, set()
+    def _remember(self, series: tuple[str, str], ts_ms: int, value: object) -> None:
+        times = self._current.get(series)
+        if times is None:
+            times = self._current[series] = {}
+        seen = times.get(ts_ms, _MISSING)
+        if seen is _MISSING:
+            times[ts_ms] = value
+        elif seen.__class__ is _Values:
+            seen.append(value)  # type: ignore[attr-defined]
+        else:
+            times[ts_ms] = _Values((seen, value))
+        self._current_keys += 1
+        if self._current_keys >= self._generation:
+            self._turn()
+
+    def _turn(self) -> None:
+        self._previous, self._current = self._current, {}
+        self._previous_keys, self._current_keys = self._current_keys, 0
 
     def fresh(self, readings: list[Reading]) -> list[Reading]:
         """The readings that are not duplicates, in order; each is judged as :meth:`check` judges it.
 
         Only readings timed by the device's own clock are judged (and
-        remembered); the others are kept as they are. One call per sample of
-        a message, so the per-reading work stays in this loop.
+        remembered); the others are kept as they are.
         """
-        out: list[Reading] = []
-        for reading in readings:
-            if reading.time_source == TIME_DEVICE:
-                value = reading.value
-                key = (reading.device, reading.metric, reading.ts_ms, value.__class__, value)
-                if key in self._current or key in self._previous:
-                    self.duplicates += 1
-                    continue
-                self._remember(key)
-            out.append(reading)
-        return out
+        return [r for r in readings
+                if r.time_source != TIME_DEVICE or self.check(r.device, r.metric, r.ts_ms, r.value) == NEW]
 
-    def fresh_keys(self, keys: list[tuple[object, ...]]) -> list[bool] | None:
-        """Judge the keys of device-timed readings, in order, as :meth:`check` would one by one.
+    def fresh_columns(self, devices: list[str], metrics: list[str], times: list[int],
+                      values: list[object]) -> list[bool] | None:
+        """Judge device-timed readings given as columns, in order, as :meth:`check` would one by one.
 
         Returns:
-            None if every key is new (all are now remembered), else whether
-            each one is new.
+            None if every reading is new (all are now remembered), else
+            whether each one is new.
         """
-        current, previous = self._current, self._previous
-        if len(keys) < self._generation - len(current):
-            # Hashed once, into a set of their own: the set operations below
-            # reuse those hashes (a tuple does not keep its hash).
-            batch = set(keys)
-            if len(batch) == len(keys) and current.isdisjoint(batch) and previous.isdisjoint(batch):
-                current |= batch
-                return None
-        # A key seen before, or repeated inside the pack, or a generation ends: key by key.
-        return [self.check(*key[:3], key[4]) == NEW for key in keys]
+        count = len(times)
+        if count < self._generation - self._current_keys and len(set(devices)) == 1 and len(set(metrics)) == 1:
+            series = (devices[0], metrics[0])
+            current = self._current.get(series)
+            previous = self._previous.get(series)
+            if ((current is None or current.keys().isdisjoint(times))
+                    and (previous is None or previous.keys().isdisjoint(times))):
+                if current is None:
+                    current = self._current[series] = {}
+                before = len(current)
+                current.update(zip(times, values))
+                if len(current) - before == count:
+                    self._current_keys += count
+                    return None
+                # A time repeated inside the pack: undo, and judge reading by reading.
+                for ts_ms in times:
+                    current.pop(ts_ms, None)
+        return [self.check(device, metric, ts_ms, value) == NEW
+                for device, metric, ts_ms, value in zip(devices, metrics, times, values)]
 
     def __len__(self) -> int:
-        return len(self._current) + len(self._previous)
+        return self._current_keys + self._previous_keys

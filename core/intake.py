@@ -312,7 +312,7 @@ class Intake:
             if DUPLICATE in verdicts:
                 keep = [verdict != DUPLICATE for verdict in verdicts]
         elif self.content_dedup:
-            keep = self.content.fresh_keys(list(zip(devices, metrics, times, map(type, values), values)))
+            keep = self.content.fresh_columns(devices, metrics, times, values)
         kept = count if keep is None else sum(keep)
         if not kept:
             return Duplicate(stream, count)

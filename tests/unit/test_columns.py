@@ -160,13 +160,45 @@ def test_anything_not_plainly_good_takes_the_general_path(value: object) -> None
 
 def test_content_dedup_judges_a_pack_as_it_judges_key_by_key() -> None:
     bulk, single = ContentDedup(max_keys=8), ContentDedup(max_keys=8)
-    packs = [[("n1", "t", ts, float, float(ts)) for ts in range(start, start + 3)] for start in (0, 2, 2, 5, 9, 0)]
-    packs.append([("n1", "t", 50, int, 1), ("n1", "t", 50, int, 1)])  # a repeat inside one pack
-    for keys in packs:
-        verdicts = bulk.fresh_keys(keys)
-        expected = [single.check(key[0], key[1], key[2], key[4]) == NEW for key in keys]
-        assert (verdicts if verdicts is not None else [True] * len(keys)) == expected
+    packs = [[("n1", "t", ts, float(ts)) for ts in range(start, start + 3)] for start in (0, 2, 2, 5, 9, 0)]
+    packs.append([("n1", "t", 50, 1), ("n1", "t", 50, 1)])  # a repeat inside one pack
+    packs.append([("n1", "t", 60, 1), ("n1", "t", 60, 2)])  # two readings at one time
+    packs.append([("n1", "t", 60, 2), ("n1", "t", 60, 2.0), ("n1", "t", 60, True)])  # equal values of other types
+    packs.append([("n1", "t", 70, 1), ("n2", "t", 70, 1)])  # two series
+    for pack in packs:
+        devices, metrics, times, values = (list(column) for column in zip(*pack))
+        verdicts = bulk.fresh_columns(devices, metrics, times, values)
+        expected = [single.check(*reading) == NEW for reading in pack]
+        assert (verdicts if verdicts is not None else [True] * len(pack)) == expected
     assert (bulk.duplicates, len(bulk)) == (single.duplicates, len(single))
+
+
+readings_of_few_series = st.tuples(
+    st.sampled_from(["n1", "n2"]), st.sampled_from(["t", "rh"]), st.integers(0, 12),
+    st.one_of(st.integers(0, 2), st.sampled_from([0.0, 1.0, 2.5]), st.booleans(), st.sampled_from(["a", "b"])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.lists(readings_of_few_series, min_size=1, max_size=8)), max_size=30))
+def test_content_dedup_drops_exactly_the_readings_seen_before(steps: list[tuple[bool, list[tuple[Any, ...]]]]) -> None:
+    """Against a model that remembers every key: with room for all of them, the same verdicts."""
+    dedup = ContentDedup(max_keys=1_000)
+    seen: set[tuple[object, ...]] = set()
+    for as_pack, readings in steps:
+        if as_pack:
+            devices, metrics, times, values = (list(column) for column in zip(*readings))
+            verdicts = dedup.fresh_columns(devices, metrics, times, values)
+            got = verdicts if verdicts is not None else [True] * len(readings)
+        else:
+            got = [dedup.check(*reading) == NEW for reading in readings]
+        expected = []
+        for device, metric, ts, value in readings:
+            key = (device, metric, ts, type(value), value)
+            expected.append(key not in seen)
+            seen.add(key)
+        assert got == expected
+    assert len(dedup) == len(seen)
 
 
 def test_content_dedup_remembers_at_least_half_its_keys_and_at_most_all() -> None:
