@@ -31,17 +31,13 @@ from itertools import product
 from operator import itemgetter
 from typing import Any
 
-from core.codecs import MAX_BOOT_BYTES, MAX_PACK, SourceFields
-from core.reading import MAX_NAME_BYTES, MAX_STRING_VALUE_BYTES, Value
+# The limits under which a string needs no encoding to be within its byte
+# limit, and the millisecond range, are the ones the general path tests with.
+from core.codecs import _SAFE_BOOT_CHARS, MAX_PACK, SourceFields
+from core.reading import _MAX_TS, _SAFE_NAME_CHARS, _SAFE_STRING_CHARS, Value
 
 __all__ = ["Columns", "pack_columns"]
 
-# A UTF-8 character is at most 4 bytes, so a string of at most this many
-# characters is within its byte limit without being encoded (core/reading.py).
-_SAFE_NAME_CHARS = MAX_NAME_BYTES // 4
-_SAFE_STRING_CHARS = MAX_STRING_VALUE_BYTES // 4
-_SAFE_BOOT_CHARS = MAX_BOOT_BYTES // 4
-_MAX_TS = 2**63 - 1
 _INT_VALUE_MIN, _INT_VALUE_END = -(2**63), 2**64  # a value may be int64 or uint64
 _SEQ_END = 2**64
 _VALUE_TYPES = frozenset((float, int, bool, str))

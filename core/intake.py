@@ -38,15 +38,15 @@ from core.dedup import DUPLICATE, ContentDedup, Dedup
 from core.devicetime import ClockChange, DeviceClock
 from core.errors import InvalidReading, PayloadError
 from core.reading import (
-    TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Provenance, Reading, decode_record, encode_records, readings_of,
+    _MAX_TS, _MIN_TS, TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Provenance, Reading, decode_record, encode_records,
+    readings_of,
 )
 from core.sample import TIME_KIND_EPOCH, TIME_KIND_RELATIVE, TIME_KIND_UPTIME, Sample
 from core.topics import Route, topic_candidates
 
-__all__ = ["Accepted", "Rejected", "Duplicate", "DamagedPayload", "Intake", "classify_message", "sample_fingerprint"]
+__all__ = ["Accepted", "Rejected", "Duplicate", "DamagedPayload", "Intake", "classify_message"]
 
 
-_MIN_TS, _MAX_TS = -(2**63), 2**63 - 1
 _ROUTE_CACHE_TOPICS = 4096
 
 
@@ -62,12 +62,6 @@ def _columns_or_samples(value: object, source: SourceFields) -> Columns | list[S
         if columns is not None:
             return columns
     return samples_from_value(value, source)
-
-
-def sample_fingerprint(sample: Sample) -> int:
-    """CRC-32 of a sample's time and values: stable across processes (unlike ``hash``),
-    because it is stored in the log and compared after a restart."""
-    return zlib.crc32(msgpack_codec.packb([sample.time_kind, sample.time_ms, [list(pair) for pair in sample.values]]))
 
 
 class DamagedPayload(bytes):
@@ -286,7 +280,11 @@ class Intake:
         return Accepted(route.stream, tuple(records), duplicates, unsynced)
 
     def _fingerprint(self, time_kind: int, time_ms: int, values: list[tuple[str, object]]) -> int:
-        """:func:`sample_fingerprint`, with the intake's own packer."""
+        """CRC-32 of a sample's msgpack ``[time_kind, time_ms, [[metric, value], ...]]``.
+
+        Stable across processes (unlike ``hash``), because it is stored in the
+        log and compared after a restart.
+        """
         return zlib.crc32(self._pack((time_kind, time_ms, values)))
 
     def _accept_columns(self, stream: str, columns: Columns, received_ms: int) -> Accepted | Duplicate:
@@ -301,13 +299,13 @@ class Intake:
         devices, metrics, times, values = columns.devices, columns.metrics, columns.times, columns.values
         count = len(times)
         seqs = columns.seqs
+        boots = columns.boots if columns.boots is not None else [None] * count
+        pack = self._pack
         keep: list[bool] | None = None
         fingerprints: list[int] = []
         if seqs is not None:
-            pack = self._pack
-            # A sample of one reading is fingerprinted as [0, ts, [[metric, value]]], as sample_fingerprint does.
+            # A sample of one reading is fingerprinted as [0, ts, [[metric, value]]], as _fingerprint does.
             fingerprints = list(map(zlib.crc32, map(pack, zip(repeat(TIME_KIND_EPOCH), times, zip(zip(metrics, values))))))
-            boots = columns.boots if columns.boots is not None else [None] * count
             verdicts = list(map(self.dedup.check, devices, boots, seqs, fingerprints))
             if DUPLICATE in verdicts:
                 keep = [verdict != DUPLICATE for verdict in verdicts]
@@ -318,11 +316,9 @@ class Intake:
             return Duplicate(stream, count)
         if keep is not None:
             devices, metrics, times, values = (list(compress(column, keep)) for column in (devices, metrics, times, values))
-        pack = self._pack
         if seqs is None:
             payloads = map(pack, zip(devices, metrics, times, values, repeat(received_ms), repeat(TIME_DEVICE)))
         else:
-            boots = columns.boots if columns.boots is not None else [None] * count
             provenance: Iterable[tuple[object, ...]] = zip(boots, seqs, fingerprints)
             if keep is not None:
                 provenance = compress(provenance, keep)
