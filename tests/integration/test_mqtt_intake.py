@@ -47,6 +47,22 @@ def receiving(mosquitto: Mosquitto, config: MqttConfig, count: int) -> tuple[Mqt
     return intake, received
 
 
+def redelivered(config: MqttConfig, expected: list[Received], settle_s: float) -> None:
+    """A restarted intake gets back exactly ``expected`` (the messages never acknowledged), and acknowledges them."""
+    second: list[Received] = []
+    intake = MqttIntake(config, second.append)
+    intake.start()
+    try:
+        wait_for(lambda: len(second) >= len(expected))
+        time.sleep(settle_s)  # nothing more comes
+        assert sorted(m.payload for m in second) == sorted(m.payload for m in expected)
+        with intake.batched_acks():
+            for message in second:
+                intake.ack(message)
+    finally:
+        intake.stop()
+
+
 def test_unacknowledged_messages_come_back_after_a_restart_of_the_gateway(mosquitto: Mosquitto) -> None:
     config = MqttConfig(port=mosquitto.port, client_id="gw-redelivery", subscriptions=("sensors/#",))
     intake, first = receiving(mosquitto, config, 10)
@@ -56,18 +72,7 @@ def test_unacknowledged_messages_come_back_after_a_restart_of_the_gateway(mosqui
         time.sleep(0.2)
     finally:
         intake.stop()  # "crash": six messages never acknowledged
-
-    second: list[Received] = []
-    intake = MqttIntake(config, second.append)
-    intake.start()
-    try:
-        wait_for(lambda: len(second) >= 6)
-        time.sleep(0.3)
-        assert sorted(m.payload for m in second) == sorted(m.payload for m in first[4:])
-        for message in second:
-            intake.ack(message)
-    finally:
-        intake.stop()
+    redelivered(config, first[4:], settle_s=0.3)
 
 
 def start_and_subscribe(config: MqttConfig, state_dir: Path | None, **kwargs: object) -> tuple[MqttIntake, list[str]]:
@@ -100,19 +105,7 @@ def test_acknowledgements_batched_from_another_thread_all_reach_the_broker(mosqu
         time.sleep(0.3)
     finally:
         intake.stop()  # the last nine were never acknowledged
-
-    second: list[Received] = []
-    intake = MqttIntake(config, second.append)
-    intake.start()
-    try:
-        wait_for(lambda: len(second) >= 9)
-        time.sleep(0.5)
-        assert sorted(m.payload for m in second) == sorted(m.payload for m in first[51:])
-        with intake.batched_acks():
-            for message in second:
-                intake.ack(message)
-    finally:
-        intake.stop()
+    redelivered(config, first[51:], settle_s=0.5)
 
 
 def test_messages_queued_while_the_gateway_is_away_are_delivered(mosquitto: Mosquitto, tmp_path: Path) -> None:
