@@ -34,9 +34,9 @@ limited to one per interval (:class:`core.deadletter.RejectionLog`).
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -75,9 +75,13 @@ class LogSink(Protocol):
     def read(self, stream: str, offset: int, max_records: int = ...) -> Sequence[LogRecordLike]: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """One message from a transport, with the callback that acknowledges it."""
+    """One message from a transport, with the callback that acknowledges it.
+
+    Not frozen: one is made per message on the transport's thread, and a
+    frozen dataclass takes four times as long to make (1.1 against 0.3 µs).
+    """
 
     source: str
     topic: str
@@ -108,6 +112,56 @@ def _describe(metrics: Metrics) -> None:
 _RUN_RECORDS = 4096
 
 
+class _Inbox:
+    """The writer's queue: any thread puts, the writer takes everything waiting at once.
+
+    ``queue.Queue`` takes a lock and notifies a condition for every put, which
+    is 1.6 µs on paho's network thread per message; here a put is a deque
+    append, and the writer is woken only when it sleeps. It says so in
+    ``_idle`` before it looks at the deque a last time, so a put either sees
+    the flag (and wakes it) or is seen by that look. A put into a full inbox
+    waits for the writer to take (the backpressure).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: deque[Message] = deque()
+        self._idle = False
+        self._wake = threading.Event()
+        self._space = threading.Event()
+
+    def put(self, message: Message, stop: threading.Event) -> bool:
+        """Queue a message, waiting while the inbox is full; False if ``stop`` was set while waiting."""
+        items = self._items
+        while len(items) >= self.size:
+            if stop.is_set():
+                return False
+            self._space.clear()
+            if len(items) >= self.size:
+                self._space.wait(0.5)
+        items.append(message)
+        if self._idle:
+            self._wake.set()
+        return True
+
+    def take(self, timeout: float) -> list[Message]:
+        """Everything queued, oldest first; waits up to ``timeout`` s for something if empty (then maybe [])."""
+        items = self._items
+        if not items:
+            self._idle = True
+            if not items:
+                self._wake.wait(timeout)
+            self._idle = False
+            self._wake.clear()  # a late wake-up left set only makes one later take return early
+        taken = [items.popleft() for _ in range(len(items))]
+        if taken:
+            self._space.set()
+        return taken
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class Gateway:
     """Owns the writer thread between the transports and the log.
 
@@ -131,8 +185,8 @@ class Gateway:
 
     Attributes:
         ack_batch: a context manager the writer acknowledges each batch of
-            durable messages inside (``MqttIntake.batched_acks``, which wakes
-            paho's thread once per batch); by default none.
+            durable messages inside (``MqttIntake.batched_acks``, which sends
+            them as one packet); by default none.
     """
 
     def __init__(
@@ -163,7 +217,7 @@ class Gateway:
         if clock_probe is None and clock is time.time:
             clock_probe = ClockProbe().sample
         self.clock_probe = clock_probe
-        self._queue: queue.Queue[Message] = queue.Queue(maxsize=queue_size)
+        self._inbox = _Inbox(queue_size)
         self._pending: list[tuple[Message, dict[str, int]]] = []
         self.monotonic = monotonic
         self.dead_letter_policy = dead_letters if dead_letters is not None else DeadLetterPolicy()
@@ -211,12 +265,7 @@ class Gateway:
             count = self._received_counters[message.source] = self.metrics.counter(
                 "tidegate_messages_received_total", {"source": message.source})
         count(1)
-        while not self._stop.is_set():
-            try:
-                self._queue.put(message, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        self._inbox.put(message, self._stop)
 
     def start(self) -> None:
         """Rebuild the dedup windows from the log's tail, then start the writer."""
@@ -263,9 +312,8 @@ class Gateway:
 
     def _loop(self) -> None:
         while True:
-            try:
-                message = self._queue.get(timeout=0.01 if self._pending else 0.1)
-            except queue.Empty:
+            group = self._inbox.take(0.01 if self._pending else 0.1)
+            if not group:
                 if self._stop.is_set():
                     self._maybe_summarise(force=True)
                     self._count_rejections()
@@ -275,13 +323,6 @@ class Gateway:
                 self._release_durable()
                 continue
             self._observe_clock()
-            # Take whatever else is already waiting, so it shares the next sync.
-            group = [message]
-            for _ in range(self._queue.qsize()):
-                try:
-                    group.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
             self._write_group(group)
             self._maybe_summarise()
             self._release_durable()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edge import mqtt_intake
 from edge.mosquitto import Mosquitto
 from edge.mqtt_intake import SESSION_MARKER_FILE, MqttConfig, MqttIntake, Received
 
@@ -85,9 +86,12 @@ def start_and_subscribe(config: MqttConfig, state_dir: Path | None, **kwargs: ob
     return intake, events
 
 
-def test_acknowledgements_batched_from_another_thread_all_reach_the_broker(mosquitto: Mosquitto) -> None:
-    """batched_acks holds paho's per-packet wake-ups back: every acknowledgement still goes out, promptly."""
-    config = MqttConfig(port=mosquitto.port, client_id="gw-batched-acks", subscriptions=("sensors/#",))
+@pytest.mark.parametrize("one_packet", [True, False], ids=["one-packet", "paho-acks"])
+def test_acknowledgements_batched_from_another_thread_all_reach_the_broker(
+        mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch, one_packet: bool) -> None:
+    """batched_acks sends a batch as one packet (or, without paho's packet queue, one by one): all go out, promptly."""
+    monkeypatch.setattr(mqtt_intake, "_PAHO_QUEUES_PACKETS", one_packet)
+    config = MqttConfig(port=mosquitto.port, client_id=f"gw-batched-acks-{one_packet}", subscriptions=("sensors/#",))
     intake, first = receiving(mosquitto, config, 60)
     try:
         def writer() -> None:  # as the gateway's writer thread acknowledges a group commit's messages
@@ -106,6 +110,23 @@ def test_acknowledgements_batched_from_another_thread_all_reach_the_broker(mosqu
     finally:
         intake.stop()  # the last nine were never acknowledged
     redelivered(config, first[51:], settle_s=0.5)
+
+
+def test_a_batch_holds_back_only_its_own_threads_acknowledgements(mosquitto: Mosquitto) -> None:
+    config = MqttConfig(port=mosquitto.port, client_id="gw-batch-per-thread", subscriptions=("sensors/#",))
+    intake, first = receiving(mosquitto, config, 12)
+    try:
+        with intake.batched_acks():
+            intake.ack(first[0])  # held until the batch ends, which is after the "crash"
+            thread = threading.Thread(target=lambda: [intake.ack(message) for message in first[1:10]])
+            thread.start()
+            thread.join(10)
+            wait_for(lambda: not intake._client.want_write(), timeout=0.4)
+            time.sleep(0.3)
+            intake.stop()
+    finally:
+        intake.stop()
+    redelivered(config, [first[0], *first[10:]], settle_s=0.5)
 
 
 def test_messages_queued_while_the_gateway_is_away_are_delivered(mosquitto: Mosquitto, tmp_path: Path) -> None:

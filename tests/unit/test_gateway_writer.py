@@ -12,7 +12,7 @@ import pytest
 from core.deadletter import DEAD_LETTER_STREAM, decode_dead_letter
 from core.reading import decode_reading
 from core.topics import Route, TopicTemplate
-from edge.gateway import Gateway, Message
+from edge.gateway import Gateway, Message, _Inbox
 from edge.metrics import Metrics
 from tests.unit.fakes import GatedLog
 
@@ -404,3 +404,46 @@ def test_at_the_quota_dead_letters_make_room_for_readings() -> None:
     real_log.close()
     assert metrics.get("tidegate_intake_blocked") == 0
     assert stats["streams"][DEAD_LETTER_STREAM]["dropped_by_quota"] > 0  # type: ignore[index]
+
+
+def inbox_message(i: int) -> Message:
+    return Message("mqtt", "sensors/n1/t", b"%d" % i, 0, lambda: None)
+
+
+def test_the_inbox_hands_over_everything_waiting_in_order_and_a_put_wakes_a_sleeping_take() -> None:
+    inbox = _Inbox(10)
+    stop = threading.Event()
+    for i in range(3):
+        assert inbox.put(inbox_message(i), stop)
+    assert [m.payload for m in inbox.take(1.0)] == [b"0", b"1", b"2"]
+    start = time.monotonic()
+    assert inbox.take(0.05) == []  # nothing came: an empty hand after the timeout
+    assert time.monotonic() - start >= 0.04
+    timer = threading.Timer(0.05, lambda: inbox.put(inbox_message(3), stop))
+    timer.start()
+    start = time.monotonic()
+    assert [m.payload for m in inbox.take(5.0)] == [b"3"]
+    assert time.monotonic() - start < 2.0  # woken by the put, not by the timeout
+    timer.join()
+
+
+def test_a_full_inbox_makes_put_wait_for_the_writer_and_stop_gives_up_the_wait() -> None:
+    inbox = _Inbox(2)
+    stop = threading.Event()
+    inbox.put(inbox_message(0), stop)
+    inbox.put(inbox_message(1), stop)
+    results: list[bool] = []
+    waiting = threading.Thread(target=lambda: results.append(inbox.put(inbox_message(2), stop)))
+    waiting.start()
+    time.sleep(0.1)
+    assert results == [] and len(inbox) == 2  # the backpressure: the transport's thread waits
+    assert len(inbox.take(1.0)) == 2
+    waiting.join(5)
+    assert results == [True] and [m.payload for m in inbox.take(1.0)] == [b"2"]
+    inbox.put(inbox_message(3), stop)
+    inbox.put(inbox_message(4), stop)
+    waiting = threading.Thread(target=lambda: results.append(inbox.put(inbox_message(5), stop)))
+    waiting.start()
+    stop.set()  # the gateway stops: the message is not queued, and never acknowledged
+    waiting.join(5)
+    assert results == [True, False] and len(inbox) == 2
