@@ -34,7 +34,7 @@ from typing import Any
 # The limits under which a string needs no encoding to be within its byte
 # limit, and the millisecond range, are the ones the general path tests with.
 from core.codecs import _SAFE_BOOT_CHARS, MAX_PACK, SourceFields
-from core.reading import _MAX_TS, _SAFE_NAME_CHARS, _SAFE_STRING_CHARS, Value
+from core.reading import _MAX_TS, _SAFE_NAME_CHARS, _SAFE_STRING_CHARS, SERIES_LAYOUT_MIN_TS, Value
 
 __all__ = ["Columns", "pack_columns"]
 
@@ -42,6 +42,7 @@ _INT_VALUE_MIN, _INT_VALUE_END = -(2**63), 2**64  # a value may be int64 or uint
 _SEQ_END = 2**64
 _VALUE_TYPES = frozenset((float, int, bool, str))
 _INT = {int}
+_FLOAT = {float}
 _STR = {str}
 _DICT = {dict}
 
@@ -87,15 +88,28 @@ class Columns:
     values: list[Value]
     boots: list[int | str] | None
     seqs: list[int] | None
+    #: One device, one metric, every value a float and every time at least
+    #: :data:`core.reading.SERIES_LAYOUT_MIN_TS`: the records can be encoded
+    #: by :func:`core.reading.encode_series_payloads`.
+    one_series: bool = False
 
 
-def _names_plain(names: list[str]) -> bool:
-    return {*map(type, names)} == _STR and 0 < min(map(len, names)) and max(map(len, names)) <= _SAFE_NAME_CHARS
+def _plain_names(names: list[str]) -> set[str] | None:
+    """The distinct names of a column if all are plain, else None."""
+    # A column of names holds a few distinct ones (often one object repeated):
+    # one pass to the set of them, then the checks on that set only.
+    try:
+        distinct = {*names}
+    except TypeError:  # an unhashable name (a list, a map)
+        return None
+    if all(name.__class__ is str and 0 < len(name) <= _SAFE_NAME_CHARS for name in distinct):
+        return distinct
+    return None
 
 
 def _values_plain(values: list[object]) -> bool:
     kinds = {*map(type, values)}
-    if kinds == {float}:
+    if kinds == _FLOAT:
         total = sum(values)  # type: ignore[arg-type]
         # inf or nan anywhere makes the sum inf or nan; a sum of finite values
         # that overflows is a false alarm, and the general path accepts it.
@@ -117,7 +131,7 @@ def _boots_plain(boots: list[object]) -> bool:
     if kinds == _INT:
         return 0 <= min(boots) and max(boots) < _SEQ_END  # type: ignore[type-var, operator]
     if kinds == _STR:
-        return 0 < min(map(len, boots)) and max(map(len, boots)) <= _SAFE_BOOT_CHARS  # type: ignore[arg-type]
+        return all(0 < len(boot) <= _SAFE_BOOT_CHARS for boot in {*boots})  # type: ignore[arg-type]
     return kinds == {int, str} and all(
         0 <= boot < _SEQ_END if boot.__class__ is int else 0 < len(boot) <= _SAFE_BOOT_CHARS  # type: ignore[operator, arg-type]
         for boot in boots
@@ -156,11 +170,19 @@ def pack_columns(value: object, source: SourceFields) -> Columns | None:
         if source.device is None:
             return None
         devices = [source.device] * count
+    if {*map(type, times)} != _INT:
+        return None
+    earliest = min(times)
     if not (
-        {*map(type, times)} == _INT and 0 <= min(times) and max(times) <= _MAX_TS
-        and _names_plain(metrics) and _names_plain(devices) and _values_plain(values)
+        0 <= earliest and max(times) <= _MAX_TS
+        and (metric_names := _plain_names(metrics)) and (device_names := _plain_names(devices))
+        and _values_plain(values)
         and (boots is None or _boots_plain(boots))
         and (seqs is None or {*map(type, seqs)} == _INT and 0 <= min(seqs) and max(seqs) < _SEQ_END)
     ):
         return None
-    return Columns(devices, metrics, times, values, boots, seqs)
+    one_series = (
+        len(device_names) == 1 and len(metric_names) == 1 and earliest >= SERIES_LAYOUT_MIN_TS
+        and {*map(type, values)} == _FLOAT
+    )
+    return Columns(devices, metrics, times, values, boots, seqs, one_series)

@@ -39,7 +39,7 @@ from core.devicetime import ClockChange, DeviceClock
 from core.errors import InvalidReading, PayloadError
 from core.reading import (
     _MAX_TS, _MIN_TS, TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Provenance, Reading, decode_record, encode_records,
-    readings_of,
+    encode_series_payloads, readings_of,
 )
 from core.sample import TIME_KIND_EPOCH, TIME_KIND_RELATIVE, TIME_KIND_UPTIME, Sample
 from core.topics import Route, topic_candidates
@@ -316,7 +316,9 @@ class Intake:
             return Duplicate(stream, count)
         if keep is not None:
             devices, metrics, times, values = (list(compress(column, keep)) for column in (devices, metrics, times, values))
-        if seqs is None:
+        if seqs is None and columns.one_series:
+            payloads = encode_series_payloads(devices[0], metrics[0], times, values, received_ms, TIME_DEVICE, pack)
+        elif seqs is None:
             payloads = map(pack, zip(devices, metrics, times, values, repeat(received_ms), repeat(TIME_DEVICE)))
         else:
             provenance: Iterable[tuple[object, ...]] = zip(boots, seqs, fingerprints)

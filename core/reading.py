@@ -17,8 +17,10 @@ the log after a crash.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Union
 
 from core import msgpack_codec
@@ -37,6 +39,8 @@ __all__ = [
     "readings_of",
     "encode_reading",
     "encode_records",
+    "encode_series_payloads",
+    "SERIES_LAYOUT_MIN_TS",
     "decode_reading",
     "decode_record",
 ]
@@ -257,6 +261,38 @@ def encode_records(
                        (r.device, r.metric, r.ts_ms, r.value, r.received_ms, r.time_source, p.boot, p.seq, p.fingerprint)))
         for r, p in zip(readings, provenance, strict=True)
     ]
+
+
+#: From here up msgpack writes an int as ``0xcf`` and eight bytes (2**32 ms
+#: is February 1970, so every epoch time since then).
+SERIES_LAYOUT_MIN_TS = 1 << 32
+
+# struct layouts of a series record, by (head length, tail length).
+_SERIES_LAYOUTS: dict[tuple[int, int], Callable[..., bytes]] = {}
+
+
+def encode_series_payloads(
+    device: str, metric: str, times: Iterable[int], values: Iterable[float], received_ms: int, time_source: int,
+    pack: Callable[[object], bytes],
+) -> list[bytes]:
+    """Payloads of readings of one series, byte for byte what :func:`encode_reading` writes, without provenance.
+
+    For times all at least :data:`SERIES_LAYOUT_MIN_TS` and values all floats
+    only: msgpack writes each of those as a type byte and eight big-endian
+    bytes (``0xcf`` uint64, ``0xcb`` float64), so every record is the same
+    bytes around them, and one ``struct`` layout writes a record in one call
+    (a third less than packing a tuple per reading).
+
+    Args:
+        pack: the ``pack`` of a :func:`core.msgpack_codec.packer`.
+    """
+    head = b"\x96" + pack(device) + pack(metric)  # a six-element array, then the names
+    tail = pack(received_ms) + pack(time_source)
+    key = (len(head), len(tail))
+    layout = _SERIES_LAYOUTS.get(key)
+    if layout is None:
+        layout = _SERIES_LAYOUTS[key] = struct.Struct(f">{key[0]}sBQBd{key[1]}s").pack
+    return list(map(layout, repeat(head), repeat(0xCF), times, repeat(0xCB), values, repeat(tail)))
 
 
 def decode_record(payload: bytes) -> tuple[Reading, Provenance | None]:

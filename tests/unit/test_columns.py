@@ -50,13 +50,20 @@ odd_names = st.one_of(st.just(""), st.text(min_size=64, max_size=70), st.integer
 
 
 @st.composite
-def items(draw: st.DrawFn, keys: dict[str, str], numbered: bool, index: int) -> dict[Any, Any]:
-    """One reading object of the pack's shape; now and then bent out of it."""
-    item: dict[Any, Any] = {"ts": T0 + draw(st.integers(0, 40)), keys["value"]: draw(plain_values)}
+def items(draw: st.DrawFn, keys: dict[str, str], numbered: bool, index: int, series: tuple[int, bool]) -> dict[Any, Any]:
+    """One reading object of the pack's shape; now and then bent out of it.
+
+    ``series``: the pack's first time, and whether it is of one series (one
+    metric, one device, float values), the records core/reading.py encodes
+    with one struct layout when every time is at least 2**32.
+    """
+    base, one_series = series
+    values = st.floats(allow_nan=False, allow_infinity=False, width=64) if one_series else plain_values
+    item: dict[Any, Any] = {"ts": base + draw(st.integers(0, 40)), keys["value"]: draw(values)}
     if keys["metric"]:
-        item[keys["metric"]] = draw(st.sampled_from(["temp_c", "rh", "p"]))
+        item[keys["metric"]] = "temp_c" if one_series else draw(st.sampled_from(["temp_c", "rh", "p"]))
     if keys["device"]:
-        item[keys["device"]] = draw(st.sampled_from(["n1", "n2"]))
+        item[keys["device"]] = "n1" if one_series else draw(st.sampled_from(["n1", "n2"]))
     if numbered:
         item[keys["boot"]] = draw(st.one_of(st.sampled_from([1, 2]), st.just("boot-a")))
         item[keys["seq"]] = index + draw(st.integers(0, 3))
@@ -91,7 +98,8 @@ def messages(draw: st.DrawFn) -> tuple[str, bytes]:
     }
     numbered = draw(st.booleans())
     size = draw(st.integers(1, 16))
-    pack = [draw(items(keys, numbered, i)) for i in range(size)]
+    series = (draw(st.sampled_from([T0, 2**32 - 20, 2**32])), draw(st.booleans()))
+    pack = [draw(items(keys, numbered, i, series)) for i in range(size)]
     value: object = pack[0] if size == 1 and draw(st.booleans()) else pack
     fmt = draw(st.sampled_from(["msgpack", "json", "cbor"]))
     if fmt == "json":

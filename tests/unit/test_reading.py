@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import InvalidReading
+from core import msgpack_codec
 from core.reading import (
-    MAX_NAME_BYTES, MAX_STRING_VALUE_BYTES, Provenance, Reading, decode_record, encode_reading, encode_records,
-    readings_of,
+    MAX_NAME_BYTES, MAX_STRING_VALUE_BYTES, SERIES_LAYOUT_MIN_TS, TIME_DEVICE, TIME_GATEWAY, TIME_MAPPED, Provenance,
+    Reading, decode_record, encode_reading, encode_records, encode_series_payloads, readings_of,
 )
 
 T = 1_767_225_600_000
@@ -123,3 +124,26 @@ def test_encode_records_writes_what_encode_reading_writes(pairs: list[tuple[Read
     assert encode_records(rs, ps) == [(r.ts_ms, encode_reading(r, p)) for r, p in pairs]
     assert encode_records(rs) == [(r.ts_ms, encode_reading(r)) for r in rs]
     assert [decode_record(payload) for _, payload in encode_records(rs, ps)] == pairs
+
+
+names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(names, names, st.lists(st.tuples(st.integers(SERIES_LAYOUT_MIN_TS, 2**63 - 1),
+                                       st.floats(allow_nan=False, allow_infinity=False, width=64)), min_size=1, max_size=20),
+       st.integers(0, 2**63 - 1), st.sampled_from([TIME_DEVICE, TIME_MAPPED, TIME_GATEWAY]))
+def test_series_payloads_are_byte_for_byte_the_readings_records(
+        device: str, metric: str, rows: list[tuple[int, float]], received_ms: int, source: int) -> None:
+    times, values = [t for t, _ in rows], [v for _, v in rows]
+    ours = encode_series_payloads(device, metric, times, values, received_ms, source, msgpack_codec.packer().pack)
+    assert ours == [encode_reading(Reading(device, metric, t, v, received_ms, source)) for t, v in rows]
+
+
+def test_series_payloads_at_the_edges_of_msgpack_widths() -> None:
+    # 31/32 bytes of name: fixstr against str8; -0.0, the smallest subnormal; the first eight-byte time.
+    for device in ("n" * 31, "n" * 32, "é" * 16):
+        rows = [(SERIES_LAYOUT_MIN_TS, -0.0), (2**63 - 1, 5e-324), (1_767_225_600_000, 1e308)]
+        ours = encode_series_payloads(device, "t", [t for t, _ in rows], [v for _, v in rows], 7, TIME_DEVICE,
+                                      msgpack_codec.packer().pack)
+        assert ours == [encode_reading(Reading(device, "t", t, v, 7, TIME_DEVICE)) for t, v in rows]
