@@ -88,10 +88,12 @@ class Columns:
     values: list[Value]
     boots: list[int | str] | None
     seqs: list[int] | None
-    #: One device, one metric, every value a float and every time at least
-    #: :data:`core.reading.SERIES_LAYOUT_MIN_TS`: the records can be encoded
-    #: by :func:`core.reading.encode_series_payloads`.
-    one_series: bool = False
+    #: The one (device, metric) of every item, if they all name the same.
+    series: tuple[str, str] | None = None
+    #: Every value a float and every time at least
+    #: :data:`core.reading.SERIES_LAYOUT_MIN_TS`: with one ``series``, the
+    #: records can be encoded by :func:`core.reading.encode_series_payloads`.
+    nine_byte_fields: bool = False
 
 
 def _plain_names(names: list[str]) -> set[str] | None:
@@ -107,8 +109,8 @@ def _plain_names(names: list[str]) -> set[str] | None:
     return None
 
 
-def _values_plain(values: list[object]) -> bool:
-    kinds = {*map(type, values)}
+def _values_plain(values: list[object], kinds: set[type]) -> bool:
+    """Whether every value is plain; ``kinds`` is the set of their types."""
     if kinds == _FLOAT:
         total = sum(values)  # type: ignore[arg-type]
         # inf or nan anywhere makes the sum inf or nan; a sum of finite values
@@ -176,13 +178,11 @@ def pack_columns(value: object, source: SourceFields) -> Columns | None:
     if not (
         0 <= earliest and max(times) <= _MAX_TS
         and (metric_names := _plain_names(metrics)) and (device_names := _plain_names(devices))
-        and _values_plain(values)
+        and _values_plain(values, value_kinds := {*map(type, values)})
         and (boots is None or _boots_plain(boots))
         and (seqs is None or {*map(type, seqs)} == _INT and 0 <= min(seqs) and max(seqs) < _SEQ_END)
     ):
         return None
-    one_series = (
-        len(device_names) == 1 and len(metric_names) == 1 and earliest >= SERIES_LAYOUT_MIN_TS
-        and {*map(type, values)} == _FLOAT
-    )
-    return Columns(devices, metrics, times, values, boots, seqs, one_series)
+    series = (devices[0], metrics[0]) if len(device_names) == 1 and len(metric_names) == 1 else None
+    nine_byte_fields = value_kinds == _FLOAT and earliest >= SERIES_LAYOUT_MIN_TS
+    return Columns(devices, metrics, times, values, boots, seqs, series, nine_byte_fields)

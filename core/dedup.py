@@ -236,16 +236,20 @@ class ContentDedup:
                 if r.time_source != TIME_DEVICE or self.check(r.device, r.metric, r.ts_ms, r.value) == NEW]
 
     def fresh_columns(self, devices: list[str], metrics: list[str], times: list[int],
-                      values: list[object]) -> list[bool] | None:
+                      values: list[object], series: tuple[str, str] | None = None) -> list[bool] | None:
         """Judge device-timed readings given as columns, in order, as :meth:`check` would one by one.
+
+        ``series``: the one (device, metric) of every reading, if the caller
+        knows they are all of one; found out here otherwise.
 
         Returns:
             None if every reading is new (all are now remembered), else
             whether each one is new.
         """
         count = len(times)
-        if count < self._generation - self._current_keys and len(set(devices)) == 1 and len(set(metrics)) == 1:
+        if series is None and len(set(devices)) == 1 and len(set(metrics)) == 1:
             series = (devices[0], metrics[0])
+        if series is not None and count < self._generation - self._current_keys:
             current = self._current.get(series)
             previous = self._previous.get(series)
             if ((current is None or current.keys().isdisjoint(times))

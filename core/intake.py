@@ -310,14 +310,15 @@ class Intake:
             if DUPLICATE in verdicts:
                 keep = [verdict != DUPLICATE for verdict in verdicts]
         elif self.content_dedup:
-            keep = self.content.fresh_columns(devices, metrics, times, values)
+            keep = self.content.fresh_columns(devices, metrics, times, values, columns.series)
         kept = count if keep is None else sum(keep)
         if not kept:
             return Duplicate(stream, count)
         if keep is not None:
             devices, metrics, times, values = (list(compress(column, keep)) for column in (devices, metrics, times, values))
-        if seqs is None and columns.one_series:
-            payloads = encode_series_payloads(devices[0], metrics[0], times, values, received_ms, TIME_DEVICE, pack)
+        if seqs is None and columns.series is not None and columns.nine_byte_fields:
+            device, metric = columns.series
+            payloads = encode_series_payloads(device, metric, times, values, received_ms, TIME_DEVICE, pack)
         elif seqs is None:
             payloads = map(pack, zip(devices, metrics, times, values, repeat(received_ms), repeat(TIME_DEVICE)))
         else:
