@@ -36,7 +36,7 @@ from typing import Any
 from core.codecs import _SAFE_BOOT_CHARS, MAX_PACK, SourceFields
 from core.reading import _MAX_TS, _SAFE_NAME_CHARS, _SAFE_STRING_CHARS, SERIES_LAYOUT_MIN_TS, Value
 
-__all__ = ["Columns", "pack_columns"]
+__all__ = ["Columns", "pack_columns", "plain_item"]
 
 _INT_VALUE_MIN, _INT_VALUE_END = -(2**63), 2**64  # a value may be int64 or uint64
 _SEQ_END = 2**64
@@ -186,3 +186,32 @@ def pack_columns(value: object, source: SourceFields) -> Columns | None:
     series = (devices[0], metrics[0]) if len(device_names) == 1 and len(metric_names) == 1 else None
     nine_byte_fields = value_kinds == _FLOAT and earliest >= SERIES_LAYOUT_MIN_TS
     return Columns(devices, metrics, times, values, boots, seqs, series, nine_byte_fields)
+
+
+def plain_item(item: dict[Any, Any], source: SourceFields) -> tuple[str, str, int, Value] | None:
+    """``(device, metric, ts, value)`` of one plainly good reading object without boot or sequence; else None.
+
+    The single-object counterpart of :func:`pack_columns`, with the same
+    checks made on scalars: for one object, a dozen builtin calls over
+    columns of one would cost more than the general interpreter.
+    """
+    shape = _SHAPES.get(frozenset(item))
+    if shape is None or shape.boot is not None or shape.seq is not None:
+        return None
+    ts = item["ts"]
+    value = shape.value(item)
+    metric = shape.metric(item) if shape.metric else source.metric
+    device = shape.device(item) if shape.device else source.device
+    kind = value.__class__
+    if (
+        ts.__class__ is int and 0 <= ts <= _MAX_TS
+        and metric.__class__ is str and 0 < len(metric) <= _SAFE_NAME_CHARS  # type: ignore[arg-type]
+        and device.__class__ is str and 0 < len(device) <= _SAFE_NAME_CHARS  # type: ignore[arg-type]
+        and (
+            value - value == 0.0 if kind is float  # False for inf and nan
+            else _INT_VALUE_MIN <= value < _INT_VALUE_END if kind is int
+            else kind is bool or (kind is str and len(value) <= _SAFE_STRING_CHARS)
+        )
+    ):
+        return device, metric, ts, value  # type: ignore[return-value]
+    return None

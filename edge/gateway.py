@@ -91,7 +91,7 @@ class Message:
 
 
 def _describe(metrics: Metrics) -> None:
-    metrics.describe("tidegate_messages_received_total", "counter", "Messages received from transports")
+    metrics.describe("tidegate_messages_received_total", "counter", "Messages received from transports (counted as the writer takes them)")
     metrics.describe("tidegate_readings_in_total", "counter", "Readings appended to the log, per stream")
     metrics.describe("tidegate_rejected_total", "counter", "Messages rejected (dead letters), per reason")
     metrics.describe("tidegate_dead_letters_summarised_total", "counter",
@@ -232,7 +232,6 @@ class Gateway:
         # Readings appended per stream, added to the metrics the same way.
         self._readings_uncounted: dict[str, int] = {}
         self._blocked = False
-        self._received_counters: dict[str, Callable[[float], None]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failed = threading.Event()
@@ -259,12 +258,12 @@ class Gateway:
         return self.now_ms()
 
     def submit(self, message: Message) -> None:
-        """Queue a message; blocks while the queue is full (that is the backpressure)."""
-        count = self._received_counters.get(message.source)
-        if count is None:
-            count = self._received_counters[message.source] = self.metrics.counter(
-                "tidegate_messages_received_total", {"source": message.source})
-        count(1)
+        """Queue a message; blocks while the queue is full (that is the backpressure).
+
+        The writer counts it as received when it takes it, a group at a time:
+        a locked metrics update here would be one more per message on the
+        transport's thread.
+        """
         self._inbox.put(message, self._stop)
 
     def start(self) -> None:
@@ -323,6 +322,7 @@ class Gateway:
                 self._release_durable()
                 continue
             self._observe_clock()
+            self._count_received(group)
             self._write_group(group)
             self._maybe_summarise()
             self._release_durable()
@@ -463,6 +463,13 @@ class Gateway:
         if offset is not None:
             needs[DEAD_LETTER_STREAM] = offset
         return True
+
+    def _count_received(self, group: list[Message]) -> None:
+        per_source: dict[str, int] = {}
+        for message in group:
+            per_source[message.source] = per_source.get(message.source, 0) + 1
+        for source, n in per_source.items():
+            self.metrics.inc("tidegate_messages_received_total", n, {"source": source})
 
     def _count_rejections(self) -> None:
         """Add the readings and rejections counted since the last call to the metrics (before their messages are acknowledged)."""
