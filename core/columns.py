@@ -164,20 +164,26 @@ def pack_columns(value: object, source: SourceFields) -> Columns | None:
         seqs = list(map(shape.seq, items)) if shape.seq else None  # type: ignore[arg-type]
     except KeyError:
         return None
+    # A name the topic gives is checked once, not once per item.
     if metrics is None:
         if source.metric is None:
             return None
+        metric_names = _plain_names([source.metric])
         metrics = [source.metric] * count
+    else:
+        metric_names = _plain_names(metrics)
     if devices is None:
         if source.device is None:
             return None
+        device_names = _plain_names([source.device])
         devices = [source.device] * count
+    else:
+        device_names = _plain_names(devices)
     if {*map(type, times)} != _INT:
         return None
     earliest = min(times)
     if not (
-        0 <= earliest and max(times) <= _MAX_TS
-        and (metric_names := _plain_names(metrics)) and (device_names := _plain_names(devices))
+        0 <= earliest and max(times) <= _MAX_TS and metric_names and device_names
         and _values_plain(values, value_kinds := {*map(type, values)})
         and (boots is None or _boots_plain(boots))
         and (seqs is None or {*map(type, seqs)} == _INT and 0 <= min(seqs) and max(seqs) < _SEQ_END)

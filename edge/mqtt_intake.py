@@ -148,14 +148,14 @@ class _ReadBuffered:
         self._position = 0
 
     def recv(self, size: int) -> bytes:
-        position, buffer = self._position, self._buffer
-        if position >= len(buffer):
+        buffer, position = self._buffer, self._position
+        if position == len(buffer):
             data = self.sock.recv(max(size, _READ_SIZE))
             if len(data) <= size:
                 return data
             self._buffer = buffer = data
             position = 0
-        end = position + size
+        end = min(position + size, len(buffer))
         self._position = end
         return buffer[position:end]
 
@@ -166,7 +166,7 @@ class _ReadBuffered:
         return getattr(self.sock, name)
 
 
-class _Client(paho.Client):
+class _ReadBufferedClient(paho.Client):
     """paho's client, reading a plain TCP connection through :class:`_ReadBuffered`.
 
     A TLS socket is left as it is: it already reads a whole record at a time
@@ -275,7 +275,7 @@ class MqttIntake:
             SessionMarker(Path(state_dir) / SESSION_MARKER_FILE, f"{config.client_id}@{config.host}:{config.port}")
             if state_dir is not None else None
         )
-        client = _Client(
+        client = _ReadBufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             protocol=MQTTProtocolVersion.MQTTv5,

@@ -53,6 +53,7 @@ def test_pending_counts_what_is_buffered_and_a_read_past_it_is_short(pair) -> No
     assert buffered.recv(4) == b"0123"
     assert buffered.pending() == 6  # paho then reads on without sleeping in select()
     assert buffered.recv(100) == b"456789"  # a short read, as a socket's may be; paho asks again
+    assert buffered.pending() == 0
     peer.sendall(b"abc")
     assert buffered.recv(100) == b"abc"
 
