@@ -1146,6 +1146,25 @@ class Log:
             )
         self._execute(plan, infos)
 
+    def _records_from(self, win: _Window, offset: int) -> int:
+        """How many records of ``win`` have offsets at or above ``offset``.
+
+        A segment wholly on one side is counted from its summary; one that
+        straddles the offset (records of other windows can interleave with
+        its own) is counted batch by batch from its file.
+        """
+        count = 0
+        for seg in win.segments:
+            count += len(seg.pend_ts)  # not written yet: above any forwarded offset, which stops at what is durable
+            if seg.record_count == 0 or seg.last_offset < offset:
+                continue
+            if seg.first_offset >= offset:
+                count += seg.record_count
+                continue
+            for header, _ in self._batches(seg, (0, seg.base)):
+                count += max(0, header.last_offset + 1 - max(header.base_offset, offset))
+        return count
+
     def _delete(self, forwarded: list[tuple[_Stream, _Window]], dropped: list[tuple[_Stream, _Window]]) -> DeleteResult:
         """Delete whole windows: state (counts, floors, intent) first, then the files."""
         victims = forwarded + dropped
@@ -1154,13 +1173,17 @@ class Log:
         dropped_ids = {id(win) for _, win in dropped}
         new_dropped = dict(self._dropped)
         records = dropped_records = size = 0
+        forwarded_below = self._forwarded_clamped() if dropped else {}
         for st, win in victims:
             n = win.records()
             records += n
             size += win.bytes()
             if id(win) in dropped_ids:
-                dropped_records += n
-                new_dropped[st.name] = new_dropped.get(st.name, 0) + n
+                # Only what the bridge had not forwarded is lost: the oldest
+                # window left is nearly always forwarded in part.
+                lost = self._records_from(win, forwarded_below.get(st.name, 0))
+                dropped_records += lost
+                new_dropped[st.name] = new_dropped.get(st.name, 0) + lost
         floors = dict(self._floors)
         for st, _ in victims:
             floors[st.name] = max(floors.get(st.name, 0), st.end)

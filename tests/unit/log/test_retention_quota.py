@@ -198,3 +198,27 @@ def test_bytes_on_disk_counts_the_blocks_of_every_segment_and_index_file_once_re
     trusted = open_log(fs, LogConfig(**QUOTA))
     assert trusted.recovery.segments_recovered == 0
     assert trusted.stats()["bytes_on_disk"] == segment_and_index_blocks(fs)
+
+
+def test_a_dropped_window_counts_only_its_readings_at_or_above_the_forward_cursor(fs) -> None:
+    log = open_log(fs, LogConfig(**QUOTA, quota_policy="drop_oldest"))
+    for i in range(100):  # two windows filled in turn: their offsets interleave, batch by batch
+        log.append("s", T0 + i, b"a" * 1000, UNSYNCED)
+        log.append("s", T0 + MINUTE + i, b"b" * 1000, UNSYNCED)
+        if i % 10 == 9:
+            log.sync()
+    log.store_cursor("bridge", "s", 51)  # forwarded: offsets 0..50, of both windows
+    window = 2
+    while not log.stats()["streams"]["s"]["dropped_by_quota"]:
+        for i in range(100):
+            log.append("s", T0 + window * MINUTE + i, b"x" * 1000, UNSYNCED)
+        log.sync()
+        window += 1
+    kept: set[int] = set()
+    offset = 0
+    while records := log.read("s", offset):
+        kept.update(r.offset for r in records)
+        offset = records[-1].offset + 1
+    deleted = set(range(log.end_offset("s"))) - kept
+    assert min(deleted) < 51 <= max(deleted)  # the dropped window straddles the cursor
+    assert log.stats()["streams"]["s"]["dropped_by_quota"] == len([o for o in deleted if o >= 51])
