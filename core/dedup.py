@@ -132,6 +132,41 @@ class Dedup:
         state.bits |= bit
         return NEW
 
+    def fresh_columns(self, devices: list[str], boots: list[int | str | None], seqs: list[int],
+                      fingerprints: list[int]) -> list[bool] | None:
+        """Judge numbered samples given as columns, in order, as :meth:`check` would one by one.
+
+        A run of one booted device with consecutive numbers above its
+        window's highest (what a node's pack is) is judged and remembered in
+        one step: it is all new, and its window's bits shift once.
+
+        Returns:
+            None if no sample is a duplicate (all are now remembered; stale
+            ones counted), else whether each one is kept.
+        """
+        count = len(seqs)
+        device, boot, first, last = devices[0], boots[0], seqs[0], seqs[-1]
+        if (boot is not None and last - first == count - 1 and devices.count(device) == count
+                and boots.count(boot) == count and seqs == list(range(first, last + 1))):
+            key = (device, boot)
+            state = self._windows.get(key)
+            if state is None:
+                self.check(device, boot, first)
+                state = self._windows[key]
+                first += 1
+            if state.__class__ is _Window and first > state.top:  # type: ignore[union-attr]
+                self._windows.move_to_end(key)
+                shift = last - state.top  # type: ignore[union-attr]
+                fresh = (1 << (last - first + 1)) - 1
+                # As ``count`` single steps would leave it: the old bits moved up by the whole jump.
+                state.bits = ((state.bits << shift) | fresh) & self._mask if shift < self.window else fresh & self._mask  # type: ignore[union-attr]
+                state.top = last  # type: ignore[union-attr]
+                return None
+        verdicts = list(map(self.check, devices, boots, seqs, fingerprints))
+        if DUPLICATE not in verdicts:
+            return None
+        return [verdict != DUPLICATE for verdict in verdicts]
+
     def _check_fingerprint(self, seen: dict[int, int], seq: int, fingerprint: int) -> int:
         if seen.get(seq) == fingerprint:
             self.duplicates += 1

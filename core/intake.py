@@ -325,9 +325,7 @@ class Intake:
         if seqs is not None:
             # A sample of one reading is fingerprinted as [0, ts, [[metric, value]]], as _fingerprint does.
             fingerprints = list(map(zlib.crc32, map(pack, zip(repeat(TIME_KIND_EPOCH), times, zip(zip(metrics, values))))))
-            verdicts = list(map(self.dedup.check, devices, boots, seqs, fingerprints))
-            if DUPLICATE in verdicts:
-                keep = [verdict != DUPLICATE for verdict in verdicts]
+            keep = self.dedup.fresh_columns(devices, boots, seqs, fingerprints)
         elif self.content_dedup:
             keep = self.content.fresh_columns(devices, metrics, times, values, columns.series)
         kept = count if keep is None else sum(keep)

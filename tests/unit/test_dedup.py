@@ -245,3 +245,33 @@ def test_content_dedup_can_be_turned_off() -> None:
     once = b'{"m": "t", "ts": %d, "value": 1.5}' % NOW
     assert isinstance(intake.classify("mqtt", "sensors/n1", once, NOW), Accepted)
     assert isinstance(intake.classify("mqtt", "sensors/n1", once, NOW), Accepted)
+
+
+def window_states(dedup: Dedup) -> list[object]:
+    return [(key, state if isinstance(state, dict) else (state.top, state.bits)) for key, state in dedup._windows.items()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["n1", "n2", "n3"]), st.sampled_from([1, 2, "b", None]),
+                          st.integers(0, 3000), st.integers(1, 40), st.sampled_from(["run", "shuffled", "two devices"])),
+                max_size=30),
+       st.sampled_from([8, 64, 1024]), st.sampled_from([1, 2, 16]))
+def test_columns_of_samples_are_judged_as_one_by_one(runs: list[tuple[str, object, int, int, str]], window: int,
+                                                     max_keys: int) -> None:
+    at_once = Dedup(window=window, max_keys=max_keys, unbooted_window=16)
+    one_by_one = Dedup(window=window, max_keys=max_keys, unbooted_window=16)
+    for device, boot, start, n, kind in runs:
+        seqs = list(range(start, start + n))
+        devices = [device] * n
+        if kind == "shuffled":
+            seqs = [start + (i * 7) % n for i in range(n)]
+        elif kind == "two devices":
+            devices = [device, "n4"] * (n // 2) + [device] * (n % 2)
+        boots = [boot] * n
+        fingerprints = [s % 5 for s in seqs]
+        verdicts = [one_by_one.check(*sample) for sample in zip(devices, boots, seqs, fingerprints)]
+        expected = None if DUPLICATE not in verdicts else [v != DUPLICATE for v in verdicts]
+        assert at_once.fresh_columns(devices, boots, seqs, fingerprints) == expected
+        assert (at_once.duplicates, at_once.stale, at_once.evicted) == (
+            one_by_one.duplicates, one_by_one.stale, one_by_one.evicted)
+        assert window_states(at_once) == window_states(one_by_one)
