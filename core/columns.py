@@ -34,13 +34,12 @@ from typing import Any
 # The limits under which a string needs no encoding to be within its byte
 # limit, and the millisecond range, are the ones the general path tests with.
 from core.codecs import _SAFE_BOOT_CHARS, MAX_PACK, SourceFields
-from core.reading import _MAX_TS, _SAFE_NAME_CHARS, _SAFE_STRING_CHARS, SERIES_LAYOUT_MIN_TS, Value
+from core.reading import _MAX_TS, _SAFE_NAME_CHARS, SERIES_LAYOUT_MIN_TS, Value, _plain_value
 
 __all__ = ["Columns", "pack_columns", "plain_item"]
 
 _INT_VALUE_MIN, _INT_VALUE_END = -(2**63), 2**64  # a value may be int64 or uint64
 _SEQ_END = 2**64
-_VALUE_TYPES = frozenset((float, int, bool, str))
 _INT = {int}
 _FLOAT = {float}
 _STR = {str}
@@ -118,14 +117,7 @@ def _values_plain(values: list[object], kinds: set[type]) -> bool:
         return total - total == 0.0  # type: ignore[no-any-return]
     if kinds == _INT:
         return _INT_VALUE_MIN <= min(values) and max(values) < _INT_VALUE_END  # type: ignore[type-var, operator]
-    if not kinds <= _VALUE_TYPES:
-        return False
-    return all(
-        value - value == 0.0 if kind is float  # type: ignore[operator]
-        else _INT_VALUE_MIN <= value < _INT_VALUE_END if kind is int  # type: ignore[operator]
-        else kind is bool or len(value) <= _SAFE_STRING_CHARS  # type: ignore[arg-type]
-        for value, kind in zip(values, map(type, values))
-    )
+    return all(map(_plain_value, values))
 
 
 def _boots_plain(boots: list[object]) -> bool:
@@ -208,16 +200,11 @@ def plain_item(item: dict[Any, Any], source: SourceFields) -> tuple[str, str, in
     value = shape.value(item)
     metric = shape.metric(item) if shape.metric else source.metric
     device = shape.device(item) if shape.device else source.device
-    kind = value.__class__
     if (
         ts.__class__ is int and 0 <= ts <= _MAX_TS
         and metric.__class__ is str and 0 < len(metric) <= _SAFE_NAME_CHARS  # type: ignore[arg-type]
         and device.__class__ is str and 0 < len(device) <= _SAFE_NAME_CHARS  # type: ignore[arg-type]
-        and (
-            value - value == 0.0 if kind is float  # False for inf and nan
-            else _INT_VALUE_MIN <= value < _INT_VALUE_END if kind is int
-            else kind is bool or (kind is str and len(value) <= _SAFE_STRING_CHARS)
-        )
+        and _plain_value(value)
     ):
         return device, metric, ts, value  # type: ignore[return-value]
     return None

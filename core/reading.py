@@ -110,6 +110,11 @@ def _plainly_valid(device: object, metric: object, ts_ms: object, value: object,
         or time_source.__class__ is not int or not 0 <= time_source <= 2  # type: ignore[operator]
     ):
         return False
+    return _plain_value(value)
+
+
+def _plain_value(value: object) -> bool:
+    """True if a value is certainly valid: a finite float, an int64 or uint64, a bool, a short string."""
     kind = value.__class__
     if kind is float:
         return value - value == 0.0  # type: ignore[operator, no-any-return]  # False for inf and nan
